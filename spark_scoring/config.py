@@ -1,0 +1,432 @@
+"""Typed job configuration: YAML in, frozen dataclasses out.
+
+Every problem in a config is collected and reported at once (key path, bad value, what is
+allowed), so a night's run lists all bad keys together instead of one per attempt.
+
+Example:
+    >>> cfg = load_config("conf/demo_embedding.yaml", overrides=["model.batch.max_rows=64"])
+    >>> cfg.model.batch.max_rows
+    64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from spark_scoring.errors import ConfigError
+
+Engine = Literal["auto", "delta-spark", "delta-rs"]
+TaskName = Literal["embedding", "text-classification", "text-generation", "pyfunc"]
+Device = str  # "auto", "cpu", "cuda", "cuda:N"; checked in ModelConfig.__post_init__
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OnChange = Literal["rescore", "new-rows-only", "fail"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """The Delta table to score."""
+
+    table: str
+    key: str
+    partition_by: tuple[str, ...] = ()
+    passthrough: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How rows are packed into model batches on each executor.
+
+    Rows are ordered by token length inside each Arrow batch and packed until either
+    `max_rows` rows or `max_tokens` padded tokens (rows x longest row) are reached.
+    """
+
+    max_rows: int = 64
+    max_tokens: int = 16384
+    sort_by_length: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model, its task, and how to run it."""
+
+    uri: str
+    task: TaskName
+    input: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    device: Device = "auto"
+    precision: Precision = "auto"
+    on_change: OnChange = "rescore"
+
+    @property
+    def input_column(self) -> str:
+        """The single input column of a text task."""
+        return self.input[0]
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where scored rows go. Partitioned like the source unless `partition_by` is given."""
+
+    table: str
+    partition_by: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ErrorsConfig:
+    """The error budget checked before anything is published."""
+
+    max_error_rate: float = 0.01
+    max_errors: int | None = None
+    quarantine_table: str | None = None
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """MLflow tracking. With no tracking URI a SQLite store in the working directory is used."""
+
+    tracking_uri: str | None = None
+    experiment: str = "spark-scoring"
+    registry_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """Spark session settings. Never override what spark-submit or a cluster already set."""
+
+    master: str | None = None
+    app_name: str | None = None
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LakehouseConfig:
+    """Which Delta implementation reads and writes tables."""
+
+    engine: Engine = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run-level knobs."""
+
+    num_partitions: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole scoring job."""
+
+    name: str
+    source: SourceConfig
+    model: ModelConfig
+    output: OutputConfig
+    errors: ErrorsConfig = field(default_factory=ErrorsConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def output_partition_by(self) -> tuple[str, ...]:
+        """Output partition columns (the source's unless set explicitly)."""
+        if self.output.partition_by is not None:
+            return self.output.partition_by
+        return self.source.partition_by
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (lists instead of tuples) suitable for YAML/JSON."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, as logged with every run."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        """A short stable hash of the resolved config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """Read a YAML job config, apply `--set key=value` overrides, and validate it.
+
+    Raises:
+        ConfigError: listing every problem found (exit code 2 from the CLI).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist; pass the path of a YAML job config"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
+    if raw is None:
+        raw = {}
+    return config_from_dict(raw, overrides=overrides, source=str(path))
+
+
+def config_from_dict(
+    raw: Mapping[str, Any], overrides: Sequence[str] = (), source: str | None = None
+) -> JobConfig:
+    """Build a `JobConfig` from plain data, collecting every problem before raising."""
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"the top level must be a mapping of keys, got {type(raw).__name__}"], source)
+    data = _deep_copy(raw)
+    for item in overrides:
+        _apply_override(data, item, problems)
+    cfg = _build(JobConfig, data, "", problems)
+    if cfg is not None and not problems:
+        _check_semantics(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    assert cfg is not None  # invariant: no problems means it was built
+    return cfg
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b=c` into (["a", "b"], parsed value); the value is read as a YAML scalar."""
+    if "=" not in item:
+        raise ValueError(f"--set {item!r} is not of the form key.path=value (e.g. model.batch.max_rows=64)")
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set {item!r} has an empty key; use key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def _apply_override(data: dict[str, Any], item: str, problems: list[str]) -> None:
+    try:
+        parts, value = parse_override(item)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            problems.append(f"--set {item}: {'.'.join(parts[: i + 1])} is not a mapping, cannot set a key inside it")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is tuple:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin in (Mapping, dict) or tp in (dict, Mapping):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+_MISSING = object()
+
+
+def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Convert plain data into `tp`, appending a problem for everything that does not fit."""
+    where = path or "<top level>"
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+            return None
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in fields:
+                allowed = ", ".join(sorted(fields))
+                problems.append(f"{_join(path, key)}: unknown key; allowed keys here: {allowed}")
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for name, f in fields.items():
+            sub = _join(path, name)
+            if name in value:
+                built = _build(hints[name], value[name], sub, problems)
+                if built is _MISSING:
+                    ok = False
+                kwargs[name] = built
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{sub}: required key is missing ({_describe(hints[name])})")
+                ok = False
+        if not ok:
+            return _MISSING
+        try:
+            return tp(**kwargs)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}: {exc}")
+            return _MISSING
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        problems.append(f"{where}: {value!r} is not allowed; expected {_describe(tp)}")
+        return _MISSING
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        # tuple[str, ...] | str style: accept a single string for a list of strings
+        trial: list[str] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial = []
+            built = _build(arg, value, path, trial)
+            if not trial:
+                return built
+        problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return _MISSING
+    if origin is tuple:
+        (item_tp, *_rest) = get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            value = [value]
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+            return _MISSING
+        items = [_build(item_tp, v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin in (Mapping, dict) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return _MISSING
+        args = get_args(tp)
+        if args and args[1] is str:
+            return types.MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
+        return types.MappingProxyType(dict(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a type the config classes do not use
+        raise TypeError(f"config type {tp!r} is not supported")
+    problems.append(f"{where}: expected {_describe(tp)}, got {value!r}")
+    return _MISSING
+
+
+def _scalar_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
+    """Cross-field rules that types alone cannot express."""
+    if not _NAME_RE.match(cfg.name):
+        problems.append(
+            f"name: {cfg.name!r} is not allowed; use letters, digits, '_', '.' and '-' "
+            "(it names the job's MLflow runs and Delta app id)"
+        )
+    src, model = cfg.source, cfg.model
+    for label, value in (("source.table", src.table), ("output.table", cfg.output.table), ("model.uri", model.uri)):
+        if not value.strip():
+            problems.append(f"{label}: must not be empty")
+    if src.table.strip() and src.table.rstrip("/") == cfg.output.table.rstrip("/"):
+        problems.append("output.table: must differ from source.table (scoring never rewrites its input)")
+    if not model.input:
+        problems.append("model.input: give at least one input column")
+    if model.task != "pyfunc" and len(model.input) != 1:
+        problems.append(
+            f"model.input: task {model.task!r} takes exactly one text column, got {list(model.input)}; "
+            "only task 'pyfunc' takes several columns"
+        )
+    reserved = {src.key, *src.partition_by}
+    for col in model.input:
+        if col in reserved:
+            problems.append(f"model.input: {col!r} is the key or a partition column; score a text column")
+    dup = [c for c in src.passthrough if c in reserved]
+    if dup:
+        problems.append(f"source.passthrough: {dup} are already in the output as key/partition columns")
+    if src.key in src.partition_by:
+        problems.append(f"source.key: {src.key!r} is also a partition column; the key must be a row-level column")
+    if len(set(src.partition_by)) != len(src.partition_by):
+        problems.append(f"source.partition_by: duplicate columns in {list(src.partition_by)}")
+    out_parts = cfg.output_partition_by
+    allowed_out = set(src.partition_by) | set(src.passthrough)
+    bad_out = [c for c in out_parts if c not in allowed_out]
+    if bad_out:
+        problems.append(
+            f"output.partition_by: {bad_out} are not source partition or passthrough columns; "
+            f"choose from {sorted(allowed_out)}"
+        )
+    if not _DEVICE_RE.match(model.device):
+        problems.append(f"model.device: {model.device!r} is not allowed; expected auto, cpu, cuda or cuda:N")
+    b = model.batch
+    if b.max_rows < 1:
+        problems.append(f"model.batch.max_rows: must be >= 1, got {b.max_rows}")
+    if b.max_tokens < 1:
+        problems.append(f"model.batch.max_tokens: must be >= 1, got {b.max_tokens}")
+    e = cfg.errors
+    if not 0.0 <= e.max_error_rate <= 1.0:
+        problems.append(f"errors.max_error_rate: must be between 0 and 1, got {e.max_error_rate}")
+    if e.max_errors is not None and e.max_errors < 0:
+        problems.append(f"errors.max_errors: must be >= 0, got {e.max_errors}")
+    if cfg.run.num_partitions is not None and cfg.run.num_partitions < 1:
+        problems.append(f"run.num_partitions: must be >= 1, got {cfg.run.num_partitions}")
+    # Imported here: the task registry pulls in model code that the config must not need
+    # just to be parsed.
+    from spark_scoring.models.tasks import task_option_problems
+
+    problems.extend(task_option_problems(model.task, dict(model.options)))

@@ -1,0 +1,66 @@
+"""SparkSession factory.
+
+The embedded default is `local[*]` with Arrow on and Python worker reuse (the per-worker
+model cache relies on reused workers). Whatever spark-submit, a cluster or an already
+running session set always wins: this module only fills in settings nobody gave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from spark_scoring.config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MASTER = "local[*]"
+
+#: Settings the scoring engine relies on; applied only where nobody set them.
+DEFAULT_CONF: Mapping[str, str] = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.python.worker.reuse": "true",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled": "true",
+}
+
+
+def get_spark(config: SparkConfig | None = None, app_name: str = "spark-scoring") -> SparkSession:
+    """Return the active SparkSession, or build one from `config` where none runs.
+
+    Precedence, highest first: an active session (e.g. Databricks, notebooks), settings
+    given to spark-submit (`--master`, `--conf`, visible in `SparkConf()`), the job
+    config's `spark.master` / `spark.conf`, then `DEFAULT_CONF`.
+    """
+    config = config or SparkConfig()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        log.info("using the active SparkSession (master %s)", active.sparkContext.master)
+        return active
+
+    submitted = SparkConf()  # holds spark-submit's --master/--conf when launched by it
+    builder = SparkSession.builder.appName(config.app_name or submitted.get("spark.app.name", app_name))
+    if not submitted.contains("spark.master"):
+        builder = builder.master(config.master or DEFAULT_MASTER)
+    for key, value in {**DEFAULT_CONF, **config.conf}.items():
+        if not submitted.contains(key):
+            builder = builder.config(key, value)
+    if not submitted.contains("spark.pyspark.python") and "PYSPARK_PYTHON" not in os.environ:
+        # Executors must run the same interpreter (and so the same packages) as the driver.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = builder.getOrCreate()
+    _quiet_jvm_logs(spark)
+    log.info("SparkSession up: master %s, Spark %s", spark.sparkContext.master, spark.version)
+    return spark
+
+
+def _quiet_jvm_logs(spark: SparkSession) -> None:
+    """No Spark/JVM log spam on the console unless logging is verbose."""
+    if not logging.getLogger("spark_scoring").isEnabledFor(logging.DEBUG):
+        spark.sparkContext.setLogLevel("ERROR")
