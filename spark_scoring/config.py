@@ -80,10 +80,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where scored rows go. Partitioned like the source unless `partition_by` is given."""
+    """Where scored rows go. The output is always partitioned like the source, so that a
+    changed source partition maps to exactly one output partition to replace."""
 
     table: str
-    partition_by: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,13 +141,6 @@ class JobConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    @property
-    def output_partition_by(self) -> tuple[str, ...]:
-        """Output partition columns (the source's unless set explicitly)."""
-        if self.output.partition_by is not None:
-            return self.output.partition_by
-        return self.source.partition_by
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists instead of tuples) suitable for YAML/JSON."""
@@ -403,14 +396,6 @@ def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
         problems.append(f"source.key: {src.key!r} is also a partition column; the key must be a row-level column")
     if len(set(src.partition_by)) != len(src.partition_by):
         problems.append(f"source.partition_by: duplicate columns in {list(src.partition_by)}")
-    out_parts = cfg.output_partition_by
-    allowed_out = set(src.partition_by) | set(src.passthrough)
-    bad_out = [c for c in out_parts if c not in allowed_out]
-    if bad_out:
-        problems.append(
-            f"output.partition_by: {bad_out} are not source partition or passthrough columns; "
-            f"choose from {sorted(allowed_out)}"
-        )
     if not _DEVICE_RE.match(model.device):
         problems.append(f"model.device: {model.device!r} is not allowed; expected auto, cpu, cuda or cuda:N")
     b = model.batch

@@ -1,0 +1,232 @@
+"""Incremental planning: what a nightly run must score, carry over, and replace.
+
+Progress lives with the data. The watermark (the last source version scored) is a Delta
+SetTransaction in the OUTPUT table's own log, under an app id made from the job name and
+the model identity, committed in the same commit as the scored rows. So no side file can
+disagree with the data, and a crash before the commit leaves the old watermark in place:
+the next run simply plans the same work again.
+
+Finding what changed:
+1. the affected partitions are those whose files were added or removed between the
+   watermark and the pinned source version (a diff of the two versions' file lists);
+2. inside them, a key-level comparison of the source rows with the output rows decides,
+   per key: new or changed input (input hash differs) -> score; unchanged -> carry the
+   output row over as it is (same `run_id`, `scored_at`); gone from the source -> drop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from spark_scoring.errors import HistoryGapError, ScoringError
+from spark_scoring.lakehouse.base import CommitInfo, Lakehouse
+
+log = logging.getLogger(__name__)
+
+#: Prefix of every commit-metadata key spark-scoring writes.
+META = "spark_scoring."
+INPUT_HASH = "input_hash"
+LINEAGE_COLUMNS = ("model_uri", "model_version", "run_id", "scored_at", "source_version")
+
+PlanKind = Literal["full", "incremental", "nothing", "backfill"]
+Partition = Mapping[str, "str | None"]
+
+
+def model_identity(model_id: str, options: Mapping[str, Any], precision: str) -> str:
+    """Everything that changes predictions: the resolved model, its task options, precision.
+
+    Batch settings are left out on purpose: predictions do not depend on packing.
+    """
+    blob = json.dumps({"model": model_id, "options": dict(options), "precision": precision}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def app_id(job_name: str, identity: str) -> str:
+    """The SetTransaction app id holding a job's watermark for one model identity."""
+    return f"spark-scoring:{job_name}:{identity}"
+
+
+def input_hash(columns: Sequence[str]) -> Column:
+    """A stable hash of a row's model inputs (null and empty string hash differently)."""
+    return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
+
+
+def last_job_commit(history: Sequence[CommitInfo], job: str, modes: Sequence[str] = ("run", "full-refresh")) -> CommitInfo | None:
+    """The newest commit a nightly run (not a backfill) of `job` made."""
+    for commit in history:
+        meta = commit.metadata
+        if meta.get(META + "job") == job and meta.get(META + "mode") in modes:
+            return commit
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run will do.
+
+    Attributes:
+        kind: "full" (score everything, overwrite), "incremental" (replace `partitions`),
+            "backfill" (rescore every row of `partitions`), "nothing" (no commit).
+        partitions: the source/output partitions affected (Delta string form); None: all.
+        since_version: the watermark the plan starts from (None: from scratch).
+        source_version: the pinned source version.
+        output_version: the output version the plan was made against (None: no table).
+        reason: one line a person can read.
+    """
+
+    kind: PlanKind
+    source_version: int
+    output_version: int | None
+    since_version: int | None = None
+    partitions: tuple[Partition, ...] | None = None
+    reason: str = ""
+
+    @property
+    def mode(self) -> str:
+        """The lakehouse write mode this plan commits with."""
+        return "overwrite" if self.kind == "full" else "replace_partitions"
+
+
+def changed_partitions(
+    lake: Lakehouse, table: str, since_version: int, until_version: int, partition_by: Sequence[str]
+) -> list[dict[str, str | None]]:
+    """Partitions whose files were added or removed between two versions of `table`.
+
+    Raises:
+        HistoryGapError: `since_version` can no longer be read (log cleaned up / vacuumed).
+    """
+    try:
+        before = lake.files(table, since_version)
+    except Exception as exc:  # noqa: BLE001 - any failure to load the old version is a gap
+        raise HistoryGapError(
+            f"source table {table!r}: version {since_version} (the last version this job scored) "
+            f"can no longer be read, so the changes since then are unknown ({type(exc).__name__}: {exc}). "
+            "The table's log was probably cleaned up or vacuumed past the watermark. Nothing was "
+            "published. Run once with --full-refresh to rescore from the current version, and keep "
+            "delta.logRetentionDuration longer than the interval between runs."
+        ) from exc
+    after = lake.files(table, until_version)
+    before_paths = {f.path: f for f in before}
+    after_paths = {f.path: f for f in after}
+    touched = [f for p, f in after_paths.items() if p not in before_paths]
+    touched += [f for p, f in before_paths.items() if p not in after_paths]
+    seen: dict[tuple, dict[str, str | None]] = {}
+    for f in touched:
+        values = {c: f.partition_values.get(c) for c in partition_by}
+        seen.setdefault(tuple(values.items()), values)
+    return sorted(seen.values(), key=lambda v: [(x is None, x or "") for x in v.values()])
+
+
+def make_plan(
+    lake: Lakehouse,
+    *,
+    source_table: str,
+    partition_by: Sequence[str],
+    source_version: int,
+    output_exists: bool,
+    output_version: int | None,
+    watermark: int | None,
+    previous: CommitInfo | None,
+    identity: str,
+    on_change: str,
+    full_refresh: bool,
+) -> Plan:
+    """Decide what a nightly run does. Pure planning: reads only Delta logs, no rows."""
+    base = {"source_version": source_version, "output_version": output_version}
+    if full_refresh:
+        return Plan("full", reason="--full-refresh: rescoring every row", **base)
+    if not output_exists:
+        return Plan("full", reason="output table does not exist yet: scoring every row", **base)
+    if watermark is None and previous is None:
+        return Plan("full", reason="no earlier nightly run of this job on the output table: scoring every row", **base)
+
+    since = watermark
+    if watermark is None:
+        # An earlier run exists, but under another model identity: the model changed.
+        assert previous is not None  # invariant: checked above
+        old_identity = previous.metadata.get(META + "model_identity", "?")
+        old_uri = previous.metadata.get(META + "model_uri", "?")
+        if on_change == "fail":
+            raise ScoringError(
+                f"the model changed since the last run (was {old_uri} [{old_identity}], now [{identity}]) "
+                "and model.on_change is 'fail'. Nothing was published. To rescore every row with the new "
+                "model set model.on_change=rescore (or run --full-refresh); to score only new and changed "
+                "rows with it set model.on_change=new-rows-only."
+            )
+        if on_change == "rescore":
+            return Plan("full", reason=f"model changed (was {old_uri}): rescoring every row (model.on_change=rescore)", **base)
+        since = int(previous.metadata.get(META + "source_version", -1))
+        if since < 0:
+            return Plan("full", reason="model changed and the last run's source version is unknown: scoring every row", **base)
+
+    assert since is not None
+    if since > source_version:
+        raise HistoryGapError(
+            f"source table {source_table!r} is at version {source_version}, older than version {since} "
+            "this job already scored: the source was recreated or restored. Nothing was published. "
+            "Run with --full-refresh to rescore it from scratch."
+        )
+    if since == source_version:
+        return Plan("nothing", since_version=since, reason=f"source unchanged since version {since}: nothing to do", **base)
+    parts = changed_partitions(lake, source_table, since, source_version, partition_by)
+    if not parts:
+        return Plan(
+            "nothing", since_version=since, reason=f"versions {since + 1}..{source_version} changed no data files", **base
+        )
+    if not partition_by:
+        return Plan("full", since_version=since, reason="unpartitioned source changed: re-planning the whole table", **base)
+    return Plan(
+        "incremental",
+        since_version=since,
+        partitions=tuple(parts),
+        reason=f"{len(parts)} partition(s) changed in source versions {since + 1}..{source_version}",
+        **base,
+    )
+
+
+def split_rows(
+    source: DataFrame,
+    output: DataFrame | None,
+    *,
+    key: str,
+    passthrough_columns: Sequence[str],
+    output_columns: Sequence[str],
+    rescore_model_uri: str | None = None,
+) -> tuple[DataFrame, DataFrame]:
+    """Split the affected source rows into (rows to score, output rows carried over).
+
+    Args:
+        source: affected source rows with an `input_hash` column.
+        output: the output rows of the same partitions (None when nothing to carry).
+        key: the row key.
+        passthrough_columns: key, partition and passthrough columns: taken from the
+            source for carried rows too, so a full refresh would produce the same row.
+        output_columns: columns the model and lineage produce (taken from the output).
+        rescore_model_uri: when set, carried rows scored by another model are rescored.
+    """
+    if output is None:
+        return source, None  # type: ignore[return-value]
+    prev = output.select(
+        F.col(key).alias("__key"),
+        F.col(INPUT_HASH).alias("__prev_hash"),
+        *[F.col(c).alias(f"__prev_{c}") for c in output_columns],
+    )
+    joined = source.join(prev, source[key] == prev["__key"], "left")
+    same = F.col("__key").isNotNull() & (F.col("__prev_hash") == F.col(INPUT_HASH))
+    if rescore_model_uri is not None:
+        same = same & (F.col("__prev_model_uri") == F.lit(rescore_model_uri))
+    to_score = joined.filter(~same).select(*source.columns)
+    carried = joined.filter(same).select(
+        *[F.col(c) for c in passthrough_columns],
+        *[F.col(f"__prev_{c}").alias(c) for c in output_columns],
+        F.col(INPUT_HASH),
+    )
+    return to_score, carried
