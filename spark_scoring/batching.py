@@ -160,7 +160,8 @@ def validate_outputs(outputs: Any, n: int, kinds: Mapping[str, str]) -> dict[str
     """Check one model output batch and turn it into column -> list of n row values.
 
     Kinds: "vector" (2-D float array, or n 1-D float arrays/lists), "double" (numbers),
-    "string" (str), "map" (mapping per row), "any" (length only).
+    "long" (integers), "bool", "string" (str), "map" (mapping per row), "any" (length
+    only). None (null) is accepted for every kind but "vector".
 
     Raises:
         ModelOutputError: a missing column, the wrong number of values ("expected N
@@ -208,25 +209,35 @@ def _check_kind(col: str, kind: str, values: Any) -> list[Any]:
             rows.append(arr)
         return rows
     if kind == "double":
-        arr = np.asarray(values)
-        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ModelOutputError(f"model output {col!r}: expected one number per row, got {arr.dtype} values")
-        return arr.astype(np.float64).tolist()
+        if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "fiu":
+            return values.astype(np.float64).tolist()
+        return _check_scalars(col, values, (float, int, np.floating, np.integer), "a number", float)
+    if kind == "long":
+        if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu":
+            return values.astype(np.int64).tolist()
+        return _check_scalars(col, values, (int, np.integer), "an integer", int)
+    if kind == "bool":
+        return _check_scalars(col, values, (bool, np.bool_), "true/false", bool)
     if kind == "string":
-        values = list(values)
-        bad = next((v for v in values if not isinstance(v, str)), None)
-        if bad is not None:
-            raise ModelOutputError(f"model output {col!r}: expected a string per row, got {type(bad).__name__}")
-        return values
+        return _check_scalars(col, values, (str,), "a string", None)
     if kind == "map":
-        values = list(values)
-        bad = next((v for v in values if not isinstance(v, Mapping)), None)
-        if bad is not None:
-            raise ModelOutputError(f"model output {col!r}: expected a mapping per row, got {type(bad).__name__}")
-        return values
+        return _check_scalars(col, values, (Mapping,), "a mapping", None)
     if kind == "any":
         return list(values)
     raise ValueError(f"unknown output kind {kind!r}")  # our own invariant, not user input
+
+
+def _check_scalars(col: str, values: Any, types: tuple[type, ...], what: str, convert: Any) -> list[Any]:
+    # None is a valid (null) value; a NaN float stays NaN (Arrow writes it as NaN).
+    out = list(values)
+    for i, v in enumerate(out):
+        if v is None:
+            continue
+        if not isinstance(v, types) or (convert is not bool and isinstance(v, (bool, np.bool_))):
+            raise ModelOutputError(f"model output {col!r}: expected {what} per row, got {type(v).__name__} {v!r:.80}")
+        if convert is not None:
+            out[i] = convert(v)
+    return out
 
 
 def score_rows(

@@ -1,0 +1,104 @@
+"""Task `text-classification`: a label and its score per text.
+
+`AutoModelForSequenceClassification`; `label` is `config.id2label` of the arg-max class,
+`score` its softmax probability, or its sigmoid when `config.problem_type` is
+"multi_label_classification" (classes are independent there).
+
+Options:
+    return_all_scores (bool, default false): also output `scores`, a map label -> score
+        over every class.
+
+Output columns: `label` string, `score` double (+ `scores` map<string,double>).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql.types import DoubleType, MapType, StringType, StructField
+
+from spark_scoring.models.tasks.base import (
+    LoadedModel,
+    OptionSpec,
+    Task,
+    autocast_context,
+    model_max_length,
+    quiet_transformers,
+    text_invalid_rows,
+    text_lengths,
+)
+
+
+class TextClassificationTask(Task):
+    """Sequence classification with a Hugging Face model."""
+
+    name = "text-classification"
+    options = {
+        "return_all_scores": OptionSpec((bool,), "also output `scores`, a map label -> score over all classes"),
+    }
+
+    @classmethod
+    def output_fields(cls, model_dir: str, options: Mapping[str, Any]) -> list[StructField]:
+        fields = [StructField("label", StringType(), True), StructField("score", DoubleType(), True)]
+        if options.get("return_all_scores", False):
+            fields.append(StructField("scores", MapType(StringType(), DoubleType(), valueContainsNull=False), True))
+        return fields
+
+    @classmethod
+    def load(cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str) -> LoadedModel:
+        return _ClassifierModel(model_dir, device, precision, bool(options.get("return_all_scores", False)))
+
+
+class _ClassifierModel(LoadedModel):
+    def __init__(self, model_dir: str, device: str, precision: str, all_scores: bool):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        quiet_transformers()
+        autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
+        self.device, self.precision, self.all_scores = device, precision, all_scores
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+        )
+        cfg = self.model.config
+        self.max_length = model_max_length(self.tokenizer, cfg)
+        self.multi_label = getattr(cfg, "problem_type", None) == "multi_label_classification"
+        n = cfg.num_labels
+        id2label = getattr(cfg, "id2label", None) or {}
+        self.labels = np.array([str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)], dtype=object)
+        self.outputs = {"label": "string", "score": "double"}
+        if all_scores:
+            self.outputs["scores"] = "map"
+
+    def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
+        return text_invalid_rows(inputs)
+
+    def lengths(self, inputs: pd.DataFrame) -> np.ndarray:
+        return text_lengths(self.tokenizer, inputs.iloc[:, 0].tolist(), self.max_length)
+
+    def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
+        import torch
+
+        enc = self.tokenizer(
+            inputs.iloc[:, 0].tolist(),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode(), autocast_context(self.device, self.precision):
+            logits = self.model(**enc).logits.float()
+        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        probs = probs.cpu().numpy().astype(np.float64)
+        top = probs.argmax(axis=1)
+        out: dict[str, Any] = {
+            "label": self.labels[top].tolist(),
+            "score": probs[np.arange(len(top)), top],
+        }
+        if self.all_scores:
+            labels = self.labels.tolist()
+            out["scores"] = [dict(zip(labels, row)) for row in probs.tolist()]
+        return out
