@@ -11,6 +11,8 @@ by pasting user data into SQL without escaping.
 
 from __future__ import annotations
 
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,20 @@ from pyspark.sql.types import StructType
 
 PartitionValues = Mapping[str, "str | None"]
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
+WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "replace_partitions")
+
+_CATALOG_NAME_RE = re.compile(r"^`?[A-Za-z_][\w-]*`?(\.`?[A-Za-z_][\w-]*`?){1,2}$")
+
+
+def is_catalog_name(table: str) -> bool:
+    """True when `table` reads as a catalog name (`db.table`, `catalog.db.table`), not a path.
+
+    Anything with a slash, a URI scheme, or that exists on the local disk is a path; so is a
+    bare word (a relative directory).
+    """
+    if "/" in table or "\\" in table or "://" in table or os.path.exists(table):
+        return False
+    return bool(_CATALOG_NAME_RE.match(table))
 
 
 @dataclass(frozen=True)

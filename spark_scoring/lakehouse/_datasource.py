@@ -1,0 +1,704 @@
+"""Spark Python Data Source over delta-rs: parallel pinned-version reads, one-commit writes.
+
+This is a module of its own because Spark pickles the DataSource, reader and writer and
+re-imports them in its Python workers (the planner, the executors and the commit process
+on the driver): classes defined here are pickled by reference to this importable module
+instead of by value.
+
+Read: `partitions()` lists the active files of the pinned version, keeps only the files of
+the requested partitions (partition values compared in Delta's string form, typed), and
+packs them into InputPartitions of about `max_bytes_per_task` bytes; `read()` opens only
+those Parquet files, projects the requested columns, and adds the partition columns (which
+Delta data files do not hold) back with their types.
+
+Write: every task writes Hive-style partitioned Parquet files (partition columns left out
+of the file data) and returns their AddAction fields with Delta statistics; `commit()` on
+the driver makes exactly ONE Delta commit with the adds, the explicit RemoveActions of
+the replaced partitions, the SetTransaction and the commit metadata, after checking that
+the table is still at the version the caller planned against. `abort()` deletes the
+files the tasks wrote.
+
+Options are strings (lists and mappings JSON-encoded). Errors raised here cross a process
+boundary as text; they carry a `[spark_scoring:<ErrorClass>]` tag so that the driver can
+raise the same class again (see `raise_tagged`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pyspark.sql.datasource import (
+    DataSource,
+    DataSourceArrowWriter,
+    DataSourceReader,
+    InputPartition,
+    WriterCommitMessage,
+)
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import (
+    BooleanType,
+    DataType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    FloatType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from spark_scoring import errors
+from spark_scoring.errors import (
+    ConcurrentRunError,
+    LakehouseError,
+    ScoringError,
+    TableNotFoundError,
+    UnsupportedTableFeatureError,
+)
+from spark_scoring.lakehouse import _partitions as parts
+
+DATA_SOURCE_NAME = "spark_scoring_delta_rs"
+DEFAULT_MAX_BYTES_PER_TASK = 128 * 1024 * 1024
+WRITE_ID_KEY = "spark_scoring.write_id"
+_STRING_STATS_PREFIX = 32  # Delta-Spark's dataSkippingStringPrefixLength default
+_TAG_RE = re.compile(r"\[spark_scoring:(\w+)\] ([^\n]*)")
+_UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
+
+
+# --------------------------------------------------------------------------- table helpers
+
+
+def open_table(path: str, version: int | None = None, table: str | None = None):
+    """`deltalake.DeltaTable` at `version` (latest: None), with our error classes."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError as _DlNotFound
+
+    name = table or path
+    try:
+        return DeltaTable(path, version=version)
+    except _DlNotFound as exc:
+        raise TableNotFoundError(
+            f"no Delta table at {name!r} (no _delta_log there); check the path, or create the "
+            "table with a first write"
+        ) from exc
+    except Exception as exc:
+        if version is not None and "version" in str(exc).lower():
+            raise LakehouseError(
+                f"version {version} of Delta table {name!r} cannot be loaded ({exc}); the version "
+                "may not exist yet or its log may have been cleaned up; pick a version listed by "
+                "history()"
+            ) from exc
+        raise LakehouseError(f"Delta table {name!r} cannot be opened: {exc}") from exc
+
+
+def table_exists(path: str) -> bool:
+    """True when `path` holds a Delta table."""
+    from deltalake import DeltaTable
+
+    try:
+        return bool(DeltaTable.is_deltatable(path))
+    except Exception:
+        return False
+
+
+def unsupported_features(delta_table) -> list[str]:
+    """The features of the table that this backend cannot read or write correctly."""
+    found: list[str] = []
+    protocol = delta_table.protocol()
+    features = set(protocol.reader_features or []) | set(protocol.writer_features or [])
+    config = delta_table.metadata().configuration or {}
+    if "deletionVectors" in features or str(config.get("delta.enableDeletionVectors", "")).lower() == "true":
+        found.append("deletionVectors")
+    mapping_mode = str(config.get("delta.columnMapping.mode", "none")).strip().lower()
+    if mapping_mode not in ("none", ""):
+        found.append("columnMapping")
+    return found
+
+
+def check_supported(delta_table, table: str) -> None:
+    """Refuse tables that delta-rs would read wrongly through plain Parquet files."""
+    found = unsupported_features(delta_table)
+    if not found:
+        return
+    advice = {
+        "deletionVectors": (
+            "deletion vectors (delta.enableDeletionVectors): rows deleted through a deletion "
+            "vector would come back"
+        ),
+        "columnMapping": (
+            "column mapping (delta.columnMapping.mode): Parquet column names are not the "
+            "table's column names"
+        ),
+    }
+    raise UnsupportedTableFeatureError(
+        f"Delta table {table!r} uses {' and '.join(advice[f] for f in found)}; the delta-rs "
+        "engine refuses such tables rather than read wrong data. Run with engine 'delta-spark' "
+        "(the JVM Delta connector), or rewrite the table without the feature (e.g. REORG TABLE "
+        "... APPLY (PURGE) and ALTER TABLE ... SET TBLPROPERTIES ('delta.enableDeletionVectors' "
+        "= 'false'))."
+    )
+
+
+def spark_schema(delta_table) -> StructType:
+    """The Spark schema of a delta-rs table (Delta's schema JSON is Spark's StructType JSON)."""
+    return StructType.fromJson(json.loads(delta_table.schema().to_json()))
+
+
+def partition_columns(delta_table) -> list[str]:
+    """The table's partition columns, in order."""
+    return list(delta_table.metadata().partition_columns)
+
+
+def table_root(delta_table) -> str:
+    """The table's root as a path pyarrow's file systems understand (no trailing slash)."""
+    uri = delta_table.table_uri.rstrip("/")
+    if uri.startswith("file://"):
+        return parts.uri_decode_path(uri[len("file://") :]) or "/"
+    return uri
+
+
+def filesystem_for(root: str) -> tuple[pafs.FileSystem, str]:
+    """(file system, path inside it) for a table root path or URI."""
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), os.path.abspath(root)
+
+
+def active_files(delta_table) -> list[dict[str, Any]]:
+    """Every active file of the loaded version: log path, file path, size, rows, partition values."""
+    actions = pa.table(delta_table.get_add_actions(flatten=False))
+    columns = actions.column_names
+    root = table_root(delta_table)
+    files = []
+    for row in actions.to_pylist():
+        log_path = row["path"]
+        if "://" in log_path:  # absolute paths are allowed by the protocol
+            location = log_path
+        else:
+            location = f"{root}/{parts.uri_decode_path(log_path)}"
+        files.append(
+            {
+                "log_path": log_path,
+                "location": location,
+                "size": int(row["size_bytes"]),
+                "num_records": row.get("num_records"),
+                "partition_values": dict(row["partition"] or {}) if "partition" in columns else {},
+            }
+        )
+    return files
+
+
+def select_files(
+    files: Sequence[Mapping[str, Any]],
+    specs: Sequence[Mapping[str, str | None]] | None,
+    schema: StructType,
+    partition_cols: Sequence[str],
+) -> list[Mapping[str, Any]]:
+    """The files whose partition values match any of `specs` (all files when specs is None)."""
+    if specs is None:
+        return list(files)
+    types = {f.name: f.dataType for f in schema.fields}
+    checked = [parts.check_partition_spec(spec, partition_cols) for spec in specs]
+    return [
+        f for f in files if any(parts.spec_matches(spec, f["partition_values"], types) for spec in checked)
+    ]
+
+
+def pack_files(files: Sequence[Mapping[str, Any]], max_bytes: int) -> list[list[Mapping[str, Any]]]:
+    """Group files into tasks of about `max_bytes` (a bigger file gets a task of its own)."""
+    groups: list[list[Mapping[str, Any]]] = []
+    current: list[Mapping[str, Any]] = []
+    current_bytes = 0
+    for f in sorted(files, key=lambda f: f["location"]):
+        if current and current_bytes + f["size"] > max_bytes:
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append(f)
+        current_bytes += f["size"]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def raise_tagged(exc: BaseException) -> None:
+    """Raise the spark_scoring error carried (as a tag) in the text of a Spark exception.
+
+    Does nothing when the text carries no tag.
+    """
+    match = _TAG_RE.search(str(exc))
+    if not match:
+        return
+    cls = getattr(errors, match.group(1), None)
+    if not (isinstance(cls, type) and issubclass(cls, LakehouseError)):
+        cls = LakehouseError
+    raise cls(match.group(2)) from exc
+
+
+def _tagged(exc: ScoringError) -> ScoringError:
+    """The same error with a tag that survives Spark's wrapping (one line of text)."""
+    message = " ".join(str(exc).split())
+    new = type(exc).__new__(type(exc))
+    Exception.__init__(new, f"[spark_scoring:{type(exc).__name__}] {message}")
+    return new
+
+
+# --------------------------------------------------------------------------- the DataSource
+
+
+class DeltaRsDataSource(DataSource):
+    """`spark.read/write.format("spark_scoring_delta_rs")` over a delta-rs table.
+
+    Options (all strings): `path` (absolute path or URI), `version` (read; default latest),
+    `columns` (JSON list), `partitions` (JSON list of {column: Delta string value or null}),
+    `max_bytes_per_task`; for writes see `DeltaRsWriter`.
+    """
+
+    @classmethod
+    def name(cls) -> str:
+        return DATA_SOURCE_NAME
+
+    def schema(self) -> StructType:
+        path = self.options["path"]
+        version = self.options.get("version")
+        table = open_table(path, int(version) if version is not None else None)
+        check_supported(table, path)
+        full = spark_schema(table)
+        columns = self.options.get("columns")
+        if not columns:
+            return full
+        wanted = json.loads(columns)
+        by_name = {f.name: f for f in full.fields}
+        return StructType([by_name[c] for c in wanted])
+
+    def reader(self, schema: StructType) -> DeltaRsReader:
+        return DeltaRsReader(dict(self.options), schema)
+
+    def writer(self, schema: StructType, overwrite: bool) -> DeltaRsWriter:
+        return DeltaRsWriter(dict(self.options), schema)
+
+
+class DeltaRsReader(DataSourceReader):
+    """Reads the files of one pinned table version in parallel tasks."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self.path = options["path"]
+        self.version = int(options["version"]) if options.get("version") is not None else None
+        self.specs = json.loads(options["partitions"]) if options.get("partitions") else None
+        self.max_bytes = int(options.get("max_bytes_per_task", DEFAULT_MAX_BYTES_PER_TASK))
+        self.schema = schema
+
+    def plan(self) -> list[list[Mapping[str, Any]]]:
+        """The file groups the read will run, one per Spark task (also used by tests)."""
+        table = open_table(self.path, self.version)
+        check_supported(table, self.path)
+        files = select_files(active_files(table), self.specs, spark_schema(table), partition_columns(table))
+        return pack_files(files, self.max_bytes)
+
+    def partitions(self) -> list[InputPartition]:
+        groups = self.plan()
+        return [InputPartition(group) for group in groups]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        files = partition.value or []
+        if not files:
+            return
+        arrow_schema = to_arrow_schema(self.schema, timezone="UTC")
+        yield from _read_files(files, self.schema, arrow_schema)
+
+
+def _read_files(
+    files: Sequence[Mapping[str, Any]], schema: StructType, arrow_schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    for f in files:
+        fs, path = filesystem_for(f["location"])
+        # Every partition column is a key of partitionValues (value null for null).
+        values = f["partition_values"]
+        typed = {
+            field.name: parts.from_partition_string(values[field.name], field.dataType, field.name)
+            for field in schema.fields
+            if field.name in values
+        }
+        data_fields = [fld for fld in schema.fields if fld.name not in values]
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            in_file = set(parquet.schema_arrow.names)
+            to_read = [fld.name for fld in data_fields if fld.name in in_file]
+            if to_read:
+                chunks: Iterator[Any] = parquet.iter_batches(batch_size=8192, columns=to_read)
+            else:  # only partition columns asked for: just the row count matters
+                total = parquet.metadata.num_rows
+                chunks = iter([min(8192, total - start) for start in range(0, total, 8192)])
+            for chunk in chunks:
+                yield _assemble(chunk, arrow_schema, typed)
+
+
+def _assemble(chunk: pa.RecordBatch | int, arrow_schema: pa.Schema, typed: Mapping[str, Any]) -> pa.RecordBatch:
+    rows = chunk if isinstance(chunk, int) else chunk.num_rows
+    names = set() if isinstance(chunk, int) else set(chunk.schema.names)
+    arrays = []
+    for target in arrow_schema:
+        if target.name in typed:
+            value = typed[target.name]
+            arrays.append(pa.nulls(rows, target.type) if value is None else pa.repeat(pa.scalar(value, target.type), rows))
+        elif target.name in names:
+            column = chunk.column(target.name)
+            arrays.append(column if column.type == target.type else column.cast(target.type))
+        else:  # column added to the table after this file was written
+            arrays.append(pa.nulls(rows, target.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class DeltaRsCommitMessage(WriterCommitMessage):
+    """What one write task produced: AddAction fields of its files."""
+
+    adds: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
+
+
+class _ColumnStats:
+    """Running Delta statistics (min, max, null count) of one primitive column."""
+
+    def __init__(self, data_type: DataType):
+        self.data_type = data_type
+        self.nulls = 0
+        self.min: Any = None
+        self.max: Any = None
+        self.min_max_ok = not isinstance(data_type, BooleanType)
+
+    def update(self, array: pa.Array) -> None:
+        self.nulls += array.null_count
+        if not self.min_max_ok or array.null_count == len(array):
+            return
+        if isinstance(self.data_type, (FloatType, DoubleType)) and pc.any(pc.is_nan(array)).as_py():
+            self.min_max_ok = False  # NaN has no place in min/max; leave them out
+            return
+        extremes = pc.min_max(array)
+        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+
+    def json_values(self) -> tuple[Any, Any]:
+        """(min, max) as Delta stats JSON values; None where a bound cannot be given safely."""
+        if not self.min_max_ok or self.min is None:
+            return None, None
+        low, high = self.min, self.max
+        if isinstance(self.data_type, StringType):
+            # A prefix is still a lower bound; a truncated max would not be an upper bound.
+            return low[:_STRING_STATS_PREFIX], (high if len(high) <= _STRING_STATS_PREFIX else None)
+        if isinstance(self.data_type, (FloatType, DoubleType)):
+            if math.isinf(low) or math.isinf(high):
+                return None, None
+            return low, high
+        if isinstance(self.data_type, DecimalType):
+            return float(low), float(high)
+        if isinstance(self.data_type, DateType):
+            return low.isoformat(), high.isoformat()
+        if isinstance(self.data_type, TimestampType):
+            # Delta stats hold milliseconds: round the min down and the max up so they stay bounds.
+            low_utc = low.astimezone(dt.timezone.utc) if low.tzinfo else low
+            high_utc = high.astimezone(dt.timezone.utc) if high.tzinfo else high
+            low_ms = low_utc.replace(microsecond=low_utc.microsecond // 1000 * 1000)
+            high_ms = high_utc.replace(microsecond=high_utc.microsecond // 1000 * 1000)
+            if high_ms != high_utc:
+                high_ms += dt.timedelta(milliseconds=1)
+            fmt = "%Y-%m-%dT%H:%M:%S.{ms:03d}Z"
+            return (
+                low_ms.strftime(fmt).format(ms=low_ms.microsecond // 1000),
+                high_ms.strftime(fmt).format(ms=high_ms.microsecond // 1000),
+            )
+        if isinstance(low, (int, float)):
+            return low, high
+        return None, None
+
+
+_STATS_TYPES = ("string", "byte", "short", "integer", "long", "float", "double", "boolean", "date", "timestamp", "decimal")
+
+
+class _PartitionFile:
+    """One open Parquet file of one partition in one task."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, rel_dir: str, values: dict[str, str | None],
+                 data_fields: Sequence[StructField], task_id: int):
+        name = f"part-{task_id:05d}-{uuid.uuid4()}.c000.snappy.parquet"
+        self.relative = f"{rel_dir}/{name}" if rel_dir else name
+        self.location = f"{root}/{self.relative}"
+        self.fs = fs
+        self.values = values
+        self.rows = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.stats = {
+            f.name: _ColumnStats(f.dataType) for f in data_fields if f.dataType.typeName() in _STATS_TYPES
+        }
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.writer is None:
+            parent = self.location.rsplit("/", 1)[0]
+            self.fs.create_dir(parent, recursive=True)
+            self.writer = pq.ParquetWriter(
+                self.location, batch.schema, filesystem=self.fs, compression="snappy"
+            )
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+        for name, stats in self.stats.items():
+            stats.update(batch.column(name))
+
+    def close(self) -> dict[str, Any]:
+        if self.writer is not None:
+            self.writer.close()
+        mins, maxs, nulls = {}, {}, {}
+        for name, stats in self.stats.items():
+            nulls[name] = stats.nulls
+            low, high = stats.json_values()
+            if low is not None:
+                mins[name] = low
+            if high is not None:
+                maxs[name] = high
+        return {
+            # delta-rs URI-encodes AddAction/RemoveAction paths itself: give the plain path.
+            "path": self.relative,
+            "location": self.location,
+            "size": self.fs.get_file_info(self.location).size,
+            "partition_values": self.values,
+            "modification_time": int(time.time() * 1000),
+            "stats": json.dumps(
+                {"numRecords": self.rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+            ),
+            "rows": self.rows,
+        }
+
+
+class DeltaRsWriter(DataSourceArrowWriter):
+    """Tasks write Parquet files; `commit` publishes all of them in ONE Delta commit.
+
+    Options (strings): `path`; `mode` (append | overwrite | replace_partitions);
+    `partition_by` (JSON list: the table's partition columns, or those of a new table);
+    `partitions` (JSON list of specs replaced by replace_partitions); `expected_version`
+    (int, or absent: the table must not exist); `app_id` + `txn_version`; `metadata`
+    (JSON object of strings); `write_id` (unique token stored in the commit metadata).
+    """
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self.path = options["path"]
+        self.table_name = options.get("table_name", self.path)
+        self.mode = options.get("mode", "append")
+        self.partition_by: list[str] = json.loads(options.get("partition_by") or "[]")
+        self.specs: list[dict[str, str | None]] = json.loads(options.get("partitions") or "[]")
+        expected = options.get("expected_version")
+        self.expected_version = int(expected) if expected not in (None, "", "none") else None
+        self.app_id = options.get("app_id") or None
+        txn = options.get("txn_version")
+        self.txn_version = int(txn) if txn not in (None, "", "none") else None
+        self.metadata: dict[str, str] = json.loads(options.get("metadata") or "{}")
+        self.write_id = options.get("write_id") or uuid.uuid4().hex
+        self.schema = schema
+
+    # ---- executors
+
+    def write(self, iterator: Iterator[pa.RecordBatch]) -> DeltaRsCommitMessage:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        task_id = context.partitionId() if context is not None else 0
+        fs, root = filesystem_for(self.path)
+        types = {f.name: f.dataType for f in self.schema.fields}
+        data_fields = [f for f in self.schema.fields if f.name not in self.partition_by]
+        open_files: dict[tuple, _PartitionFile] = {}
+        try:
+            for batch in iterator:
+                if batch.num_rows == 0:
+                    continue
+                for values, rows in self._split(batch, types):
+                    key = tuple(values.items())
+                    target = open_files.get(key)
+                    if target is None:
+                        self._check_inside_replaced(values, types)
+                        rel_dir = parts.partition_dir(list(values.items()))
+                        target = _PartitionFile(fs, root, rel_dir, values, data_fields, task_id)
+                        open_files[key] = target
+                    target.write(rows.select([f.name for f in data_fields]))
+            adds = [f.close() for f in open_files.values()]
+        except BaseException:
+            for f in open_files.values():  # leave nothing behind from a failed task
+                try:
+                    if f.writer is not None:
+                        f.writer.close()
+                    fs.delete_file(f.location)
+                except Exception:  # noqa: S110 - best effort cleanup; the task error matters
+                    pass
+            raise
+        return DeltaRsCommitMessage(adds=adds, rows=sum(a["rows"] for a in adds))
+
+    def _split(self, batch: pa.RecordBatch, types: Mapping[str, DataType]):
+        """Yield (partition values in Delta string form, rows) for each partition in `batch`."""
+        if not self.partition_by:
+            yield {}, batch
+            return
+        codes = np.zeros(batch.num_rows, dtype=np.int64)
+        for name in self.partition_by:
+            encoded = pc.dictionary_encode(batch.column(name), null_encoding="encode")
+            indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            codes = codes * max(len(encoded.dictionary), 1) + indices
+        for code in np.unique(codes):
+            rows = batch.filter(pa.array(codes == code))
+            values = {
+                name: parts.to_partition_string(rows.column(name)[0].as_py(), types[name], name)
+                for name in self.partition_by
+            }
+            yield values, rows
+
+    def _check_inside_replaced(self, values: Mapping[str, str | None], types: Mapping[str, DataType]) -> None:
+        if self.mode != "replace_partitions":
+            return
+        if not any(parts.spec_matches(spec, values, types) for spec in self.specs):
+            raise _tagged(
+                LakehouseError(
+                    f"a row of partition {dict(values)} falls outside the partitions being replaced "
+                    f"{self.specs}; replace_partitions only writes rows of the partitions it "
+                    "replaces: add the partition to `partitions` or filter the rows"
+                )
+            )
+
+    # ---- driver
+
+    def commit(self, messages: list[DeltaRsCommitMessage | None]) -> None:
+        try:
+            self._commit(messages)
+        except ScoringError as exc:
+            raise _tagged(exc) from exc
+        except Exception as exc:
+            raise _tagged(LakehouseError(f"the Delta commit to {self.table_name!r} failed: {exc}")) from exc
+
+    def _commit(self, messages: list[DeltaRsCommitMessage | None]) -> None:
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import (
+            AddAction,
+            CommitProperties,
+            RemoveAction,
+            Transaction,
+            create_table_with_add_actions,
+        )
+
+        if any(m is None for m in messages):
+            raise LakehouseError("a write task failed; nothing was committed")
+        added = [a for m in messages if m is not None for a in m.adds]
+        adds = [
+            AddAction(a["path"], a["size"], a["partition_values"], a["modification_time"], True, a["stats"])
+            for a in added
+        ]
+        rows = sum(a["rows"] for a in added)
+        metadata = {**self.metadata, WRITE_ID_KEY: self.write_id}
+        custom: dict[str, Any] = {
+            **metadata,
+            # Delta-Spark shows userMetadata in DESCRIBE HISTORY; both backends read it back.
+            "userMetadata": json.dumps(metadata, sort_keys=True),
+        }
+        transactions = [Transaction(self.app_id, self.txn_version)] if self.app_id and self.txn_version is not None else None
+
+        if not table_exists(self.path):
+            if self.expected_version is not None:
+                raise ConcurrentRunError(
+                    f"output table {self.table_name!r} was at version {self.expected_version} when "
+                    "this run planned, and is gone now; another process removed it; rerun"
+                )
+            custom["operationMetrics"] = _metrics(len(adds), 0, rows)
+            schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
+            try:
+                create_table_with_add_actions(
+                    self.path,
+                    schema,
+                    adds,
+                    mode="error",
+                    partition_by=self.partition_by or None,
+                    commit_properties=CommitProperties(custom_metadata=custom, app_transactions=transactions),
+                )
+            except Exception as exc:
+                if table_exists(self.path):
+                    raise ConcurrentRunError(
+                        f"output table {self.table_name!r} was created by another writer while this "
+                        "run was running; rerun"
+                    ) from exc
+                raise
+            return
+
+        table = open_table(self.path, table=self.table_name)
+        latest = table.version()
+        if self.expected_version is None:
+            raise ConcurrentRunError(
+                f"output table {self.table_name!r} did not exist when this run planned, but is at "
+                f"version {latest} now; another run created it; rerun"
+            )
+        if latest != self.expected_version:
+            raise ConcurrentRunError(
+                f"output table {self.table_name!r} moved from version {self.expected_version} to "
+                f"{latest} while this run was running; another run committed; rerun"
+            )
+        check_supported(table, self.table_name)
+        table_schema = spark_schema(table)
+        table_parts = partition_columns(table)
+        properties = CommitProperties(custom_metadata=custom, app_transactions=transactions)
+
+        if self.mode == "overwrite":
+            custom["operationMetrics"] = _metrics(len(adds), len(active_files(table)), rows)
+            schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
+            # delta-rs turns mode="overwrite" without filters into removes of every active
+            # file of the loaded (= expected) version, in the same commit as the adds.
+            table.create_write_transaction(
+                adds, mode="overwrite", schema=schema, partition_by=self.partition_by or None,
+                commit_properties=properties,
+            )
+            return
+
+        removes = []
+        if self.mode == "replace_partitions":
+            now = int(time.time() * 1000)
+            replaced = select_files(active_files(table), self.specs, table_schema, table_parts)
+            removes = [
+                RemoveAction(parts.uri_decode_path(f["log_path"]), True, now, f["size"], dict(f["partition_values"]))
+                for f in replaced
+            ]
+        custom["operationMetrics"] = _metrics(len(adds), len(removes), rows)
+        schema = DeltaSchema.from_arrow(to_arrow_schema(table_schema, timezone="UTC"))
+        table.create_write_transaction(
+            [*adds, *removes], mode="append", schema=schema, partition_by=table_parts or None,
+            commit_properties=properties,
+        )
+
+    def abort(self, messages: list[DeltaRsCommitMessage | None]) -> None:
+        fs, _ = filesystem_for(self.path)
+        for message in messages:
+            if message is None:
+                continue
+            for add in message.adds:
+                try:
+                    fs.delete_file(add["location"])
+                except FileNotFoundError:
+                    pass
+
+
+def _metrics(files: int, removed: int, rows: int) -> dict[str, str]:
+    # Delta-Spark's names for a WRITE commit, so both engines report alike.
+    return {"numFiles": str(files), "numRemovedFiles": str(removed), "numOutputRows": str(rows)}
+
+
+def _as_nullable(schema: StructType) -> StructType:
+    """Every column nullable, as Delta-Spark creates tables from DataFrames."""
+    return StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
