@@ -1,0 +1,1141 @@
+"""Notebook helpers to explore a scored output table: versions, runs, drift and failures.
+
+Every table access goes through the `Lakehouse` interface (`open_lakehouse`), so the same
+calls work on the JVM Delta connector (Databricks, clusters with the Delta jars) and on
+delta-rs (pip-only installs). Heavy work (joins, group-bys) runs in Spark; only small
+results come back to the driver: counts, one double per row for the distribution
+statistics, and samples.
+
+Typical use in a notebook::
+
+    from spark_scoring import explore
+
+    explore.load_scored("lake/reviews_scored", as_pandas=True).head()
+    runs = explore.list_runs("lake/reviews_scored", tracking_uri="sqlite:///mlflow.db")
+    cmp = explore.compare_versions("lake/reviews_scored", 3, 4)
+    cmp.summary(); cmp.by_partition
+    explore.failures("lake/reviews_scored")
+    explore.plot_drift("lake/reviews_scored")
+
+Plots are built with matplotlib and returned as `Figure` objects (never shown), so they
+render as a cell's result in Jupyter and Databricks and can be saved with `savefig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from spark_scoring.errors import TrackingError, UsageError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+    from spark_scoring.lakehouse.base import Lakehouse
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "VersionComparison",
+    "compare_versions",
+    "drift_history",
+    "failures",
+    "ks_statistic",
+    "list_runs",
+    "load_scored",
+    "plot_drift",
+    "plot_score_histogram",
+    "plot_throughput",
+    "psi",
+]
+
+#: Prefix of the custom Delta commit metadata every scoring commit writes.
+META_PREFIX = "spark_scoring."
+#: Lineage and error columns every scored table carries (the output contract).
+LINEAGE_COLUMNS = (
+    "error",
+    "model_uri",
+    "model_version",
+    "run_id",
+    "scored_at",
+    "source_version",
+    "input_hash",
+)
+#: Commit metadata keys whose values are integers.
+_INT_META = ("source_version", "source_version_start", "rows_scored", "rows_carried", "rows_failed")
+#: MLflow metrics copied into `list_runs` (the shared metric names).
+_RUN_METRICS = (
+    "rows_read",
+    "rows_scored",
+    "rows_carried",
+    "rows_failed",
+    "rows_per_second",
+    "seconds_plan",
+    "seconds_load",
+    "seconds_score",
+    "seconds_commit",
+    "seconds_total",
+    "padding_efficiency",
+    "batches",
+)
+#: Conventional PSI thresholds: below 0.1 stable, 0.1-0.25 moderate shift, above 0.25 major.
+PSI_MODERATE = 0.1
+PSI_MAJOR = 0.25
+
+_PARTITION_COL = "__partition"
+_VALUE_COL = "__value"
+_ALL_ROWS = "(all rows)"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def psi(
+    expected: Sequence[float] | np.ndarray,
+    actual: Sequence[float] | np.ndarray,
+    *,
+    bins: int = 10,
+    eps: float = 1e-4,
+) -> float:
+    """Population stability index of `actual` against `expected`.
+
+    Bins are cut at the quantiles of `expected` (each holds about 1/`bins` of it; ties
+    merge bins), the lowest bin is open below and one more bin holds the values above the
+    old maximum, so values outside the old range still count. Shares are clipped at `eps`
+    so that an empty bin does not make the index infinite.
+
+    Returns:
+        sum((a - e) * ln(a / e)) over the bins; 0 for identical samples, NaN when either
+        sample is empty. Rule of thumb: < 0.1 stable, 0.1-0.25 moderate, > 0.25 major shift.
+
+    Example:
+        >>> psi([1, 2, 3, 4], [1, 2, 3, 4])
+        0.0
+    """
+    if bins < 2:
+        raise UsageError(f"psi bins={bins} is too small; use bins >= 2 (10 is usual)")
+    e = _finite(expected)
+    a = _finite(actual)
+    if e.size == 0 or a.size == 0:
+        return math.nan
+    # Right-closed bins (-inf, q1], ..., (q9, max], (max, inf): the last one catches values
+    # above the old range, and a constant old sample still gets two bins.
+    cuts = np.unique(np.append(np.quantile(e, np.linspace(0.0, 1.0, bins + 1)[1:-1]), e.max()))
+    e_share = np.bincount(np.searchsorted(cuts, e, side="left"), minlength=cuts.size + 1) / e.size
+    a_share = np.bincount(np.searchsorted(cuts, a, side="left"), minlength=cuts.size + 1) / a.size
+    e_share = np.clip(e_share, eps, None)
+    a_share = np.clip(a_share, eps, None)
+    return float(np.sum((a_share - e_share) * np.log(a_share / e_share)))
+
+
+def ks_statistic(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs.
+
+    Same value as `scipy.stats.ks_2samp(a, b).statistic`, computed with numpy alone.
+    NaN when either sample is empty.
+    """
+    x = np.sort(_finite(a))
+    y = np.sort(_finite(b))
+    if x.size == 0 or y.size == 0:
+        return math.nan
+    grid = np.concatenate([x, y])
+    cdf_x = np.searchsorted(x, grid, side="right") / x.size
+    cdf_y = np.searchsorted(y, grid, side="right") / y.size
+    return float(np.max(np.abs(cdf_x - cdf_y)))
+
+
+def _ks_pvalue(a: np.ndarray, b: np.ndarray, stat: float) -> float:
+    """Two-sided p-value of the KS statistic: scipy's (exact for small samples) when scipy is
+    installed, else the asymptotic Kolmogorov series with Numerical Recipes' small-sample fix."""
+    x, y = _finite(a), _finite(b)
+    if math.isnan(stat) or x.size == 0 or y.size == 0:
+        return math.nan
+    try:
+        from scipy.stats import ks_2samp
+    except ImportError:
+        en = math.sqrt(x.size * y.size / (x.size + y.size))
+        lam = (en + 0.12 + 0.11 / en) * stat
+        if lam < 1e-3:
+            return 1.0
+        total = sum(2 * (-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
+        return float(min(1.0, max(0.0, total)))
+    return float(ks_2samp(x, y).pvalue)
+
+
+def _finite(values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[np.isfinite(arr)]
+
+
+# --------------------------------------------------------------------------- table access
+
+
+def _spark(spark: SparkSession | None) -> SparkSession:
+    if spark is not None:
+        return spark
+    from spark_scoring.session import get_spark
+
+    return get_spark()
+
+
+def _lakehouse(spark: SparkSession | None, engine: str) -> Lakehouse:
+    from spark_scoring.lakehouse import open_lakehouse
+
+    return open_lakehouse(_spark(spark), engine=engine)
+
+
+def _resolve_version(lh: Lakehouse, table: str, version: int | None) -> int:
+    """None: the latest version; a negative number counts back from it (-1 latest, -2 the one before)."""
+    latest = lh.latest_version(table)
+    if version is None:
+        return latest
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise UsageError(f"version must be an int or None, got {version!r}")
+    resolved = latest + 1 + int(version) if version < 0 else int(version)
+    if not 0 <= resolved <= latest:
+        raise UsageError(
+            f"version {version} of {table} does not exist; versions run from 0 to {latest} "
+            f"(negative numbers count back from the latest: -1 is v{latest})"
+        )
+    return resolved
+
+
+def _commit_metadata(lh: Lakehouse, table: str) -> dict[int, dict[str, str]]:
+    """version -> the `spark_scoring.*` commit metadata of that commit, prefix stripped."""
+    out: dict[int, dict[str, str]] = {}
+    for info in lh.history(table):
+        out[info.version] = {
+            key[len(META_PREFIX) :]: value
+            for key, value in (info.metadata or {}).items()
+            if str(key).startswith(META_PREFIX)
+        }
+    return out
+
+
+def load_scored(
+    table: str,
+    version: int | None = None,
+    *,
+    spark: SparkSession | None = None,
+    as_pandas: bool = False,
+    engine: str = "auto",
+) -> DataFrame | pd.DataFrame:
+    """Read a scored table as of `version` (None: the latest; -2: the one before it).
+
+    Args:
+        table: path or catalog name of the scored output table.
+        version: Delta version to read.
+        spark: session to use; None uses `spark_scoring.session.get_spark()`.
+        as_pandas: return a pandas DataFrame (collects the whole table to the driver).
+        engine: lakehouse backend: "auto", "delta-spark" or "delta-rs".
+
+    Raises:
+        TableNotFoundError: no Delta table at `table`.
+        UsageError: the version does not exist.
+    """
+    lh = _lakehouse(spark, engine)
+    df = lh.read(table, _resolve_version(lh, table, version))
+    return df.toPandas() if as_pandas else df
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def list_runs(
+    table: str,
+    *,
+    tracking_uri: str | None = None,
+    spark: SparkSession | None = None,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """The output table's history joined with the MLflow runs that wrote it.
+
+    One row per table version, oldest first: `version`, `timestamp`, `operation`, every
+    `spark_scoring.*` commit metadata key without its prefix (`run_id`, `job`, `mode`,
+    `model_uri`, `model_version`, `rows_scored`, ...), then from the MLflow run found by
+    `run_id`: `status`, `start_time`, `end_time`, the shared metrics (`rows_read`,
+    `seconds_total`, `rows_per_second`, `padding_efficiency`, ...) and `mlflow_run_found`.
+    Counts and the model version come from the commit when it has them and from MLflow
+    otherwise. Commits without a run (table creation by other tools, OPTIMIZE) and runs
+    missing from MLflow keep NaN in the MLflow columns.
+
+    Args:
+        table: path or catalog name of the scored output table.
+        tracking_uri: MLflow tracking URI; None uses MLflow's default (`MLFLOW_TRACKING_URI`).
+        spark: session to use; None uses `get_spark()`.
+        engine: lakehouse backend.
+
+    Raises:
+        TrackingError: the MLflow tracking store could not be queried.
+    """
+    lh = _lakehouse(spark, engine)
+    history = sorted(lh.history(table), key=lambda c: c.version)
+    rows = []
+    for info in history:
+        row: dict[str, Any] = {
+            "version": info.version,
+            "timestamp": info.timestamp,
+            "operation": info.operation,
+        }
+        for key, value in (info.metadata or {}).items():
+            if str(key).startswith(META_PREFIX):
+                row[key[len(META_PREFIX) :]] = value
+        rows.append(row)
+    commits = pd.DataFrame(rows)
+    if "run_id" not in commits.columns:
+        commits["run_id"] = None
+    if not commits.empty:
+        commits["timestamp"] = pd.to_datetime(commits["timestamp"], utc=True)
+    for name in _INT_META:
+        if name in commits.columns:
+            commits[name] = pd.to_numeric(commits[name], errors="coerce").astype("Int64")
+
+    mlflow_rows = _mlflow_runs([r for r in commits["run_id"].dropna().unique()], tracking_uri)
+    runs = pd.DataFrame(
+        mlflow_rows,
+        columns=[
+            "run_id",
+            "status",
+            "start_time",
+            "end_time",
+            "mlflow_model_version",
+            *[f"metric.{m}" for m in _RUN_METRICS],
+        ],
+    )
+    out = commits.merge(runs, on="run_id", how="left")
+    out["mlflow_run_found"] = out["status"].notna()
+    # The commit is the authority on what the table holds; MLflow fills what it lacks.
+    for name in _RUN_METRICS:
+        metric = out.pop(f"metric.{name}").astype(float)
+        if name in out.columns:
+            out[name] = out[name].astype("Float64").fillna(metric.astype("Float64"))
+        else:
+            out[name] = metric
+    ml_version = out.pop("mlflow_model_version")
+    out["model_version"] = (
+        out["model_version"].fillna(ml_version) if "model_version" in out.columns else ml_version
+    )
+    out = out.sort_values("version").reset_index(drop=True)
+    out.attrs["table"] = table
+    return out
+
+
+def _mlflow_runs(run_ids: Sequence[str], tracking_uri: str | None) -> list[dict[str, Any]]:
+    if not run_ids:
+        return []
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    out = []
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                log.info(
+                    "run %s is not in the MLflow store %s", run_id, tracking_uri or "(default)"
+                )
+                continue
+            raise TrackingError(
+                f"could not read MLflow run {run_id} from tracking URI {tracking_uri or '(default)'}: {exc}; "
+                "pass tracking_uri= (or set MLFLOW_TRACKING_URI) to the store the scoring job logged to"
+            ) from exc
+        metrics = run.data.metrics
+        out.append(
+            {
+                "run_id": run_id,
+                "status": run.info.status,
+                "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True)
+                if run.info.start_time
+                else pd.NaT,
+                "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True)
+                if run.info.end_time
+                else pd.NaT,
+                "mlflow_model_version": run.data.params.get("model_version"),
+                **{f"metric.{m}": metrics.get(m, math.nan) for m in _RUN_METRICS},
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- comparing versions
+
+
+@dataclass(frozen=True, eq=False)
+class VersionComparison:
+    """What changed in a scored table between two versions.
+
+    Row counts compare rows by key: `rows_added` (key only in the new version),
+    `rows_removed` (only in the old), `rows_rescored` (in both, written by another run or
+    at another time: `run_id` or `scored_at` differ), `rows_unchanged` (in both, same run and
+    time). Distribution statistics compare `measure` (the `score`, or the L2 norm of the
+    `embedding`) over rows that scored without error.
+
+    Attributes:
+        label_mix: text-classification tables: one row per label with `count_old`,
+            `count_new`, `share_old`, `share_new`, `share_change` (None for other tasks).
+        by_partition: one row per partition: `rows_old`, `rows_new`, `added`, `removed`,
+            `rescored`, `unchanged`, `mean_old`, `mean_new`, `psi`, `ks`.
+    """
+
+    table: str
+    old_version: int
+    new_version: int
+    key: tuple[str, ...]
+    key_source: str
+    rows_old: int
+    rows_new: int
+    rows_added: int
+    rows_removed: int
+    rows_rescored: int
+    rows_unchanged: int
+    rows_rescored_input_changed: int
+    failed_old: int
+    failed_new: int
+    measure: str
+    psi: float
+    ks: float
+    ks_pvalue: float
+    label_mix: pd.DataFrame | None
+    by_partition: pd.DataFrame
+
+    def summary(self) -> pd.Series:
+        """The scalar results as one pandas Series (renders as a neat table in notebooks)."""
+        names = [
+            "old_version",
+            "new_version",
+            "rows_old",
+            "rows_new",
+            "rows_added",
+            "rows_removed",
+            "rows_rescored",
+            "rows_unchanged",
+            "rows_rescored_input_changed",
+            "failed_old",
+            "failed_new",
+            "measure",
+            "psi",
+            "ks",
+            "ks_pvalue",
+        ]
+        values = {
+            "table": self.table,
+            "key": ", ".join(self.key),
+            **{n: getattr(self, n) for n in names},
+        }
+        return pd.Series(values, name=f"v{self.old_version} -> v{self.new_version}", dtype=object)
+
+
+def compare_versions(
+    table: str,
+    old_version: int,
+    new_version: int,
+    *,
+    key: str | Sequence[str] | None = None,
+    measure: str = "auto",
+    bins: int = 10,
+    spark: SparkSession | None = None,
+    engine: str = "auto",
+) -> VersionComparison:
+    """Compare two versions of a scored table: rows added/removed/re-scored, label mix, drift.
+
+    Args:
+        table: path or catalog name of the scored output table.
+        old_version, new_version: the Delta versions to compare (negative: count back from
+            the latest, -1 is the latest).
+        key: the row key column(s). None: the `spark_scoring.key` commit metadata when the
+            commits carry it, else the table's first column (the output contract puts the
+            key first) when that is not a partition, lineage or output column.
+        measure: "auto" (`score` when the table has it, else the `embedding` L2 norm),
+            "score", "embedding_norm", or the name of any numeric column.
+        bins: quantile bins of the old distribution for the PSI.
+        spark: session to use; None uses `get_spark()`.
+        engine: lakehouse backend.
+
+    Raises:
+        UsageError: a version does not exist, the key cannot be found, or the table has no
+            column to measure.
+    """
+    from pyspark.sql import functions as F
+
+    lh = _lakehouse(spark, engine)
+    old_v = _resolve_version(lh, table, old_version)
+    new_v = _resolve_version(lh, table, new_version)
+    old_df = lh.read(table, old_v)
+    new_df = lh.read(table, new_v)
+    parts = list(lh.partition_columns(table, new_v))
+    keys, key_source = _resolve_key(lh, table, new_df.columns, parts, key)
+    for name, df in (("old", old_df), ("new", new_df)):
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            raise UsageError(
+                f"key column(s) {missing} are not in the {name} version of {table}; columns: {df.columns}"
+            )
+
+    measure_name, old_value = _measure(old_df, measure, table)
+    _, new_value = _measure(new_df, measure, table)
+
+    # Row-level diff by key, computed in Spark; only per-partition counts come back.
+    def side(df: DataFrame, tag: str) -> DataFrame:
+        cols = [F.col(k) for k in keys]
+        cols += [F.lit(True).alias(f"__in_{tag}"), _partition_label(parts).alias(f"__part_{tag}")]
+        for lineage in ("run_id", "scored_at", "input_hash"):
+            value = F.col(lineage) if lineage in df.columns else F.lit(None).cast("string")
+            cols.append(value.alias(f"__{lineage}_{tag}"))
+        return df.select(*cols)
+
+    joined = side(old_df, "o").join(side(new_df, "n"), on=keys, how="full_outer")
+    same = F.col("__run_id_o").eqNullSafe(F.col("__run_id_n")) & F.col("__scored_at_o").eqNullSafe(
+        F.col("__scored_at_n")
+    )
+    category = (
+        F.when(F.col("__in_o").isNull(), F.lit("added"))
+        .when(F.col("__in_n").isNull(), F.lit("removed"))
+        .when(~same, F.lit("rescored"))
+        .otherwise(F.lit("unchanged"))
+    )
+    input_changed = (
+        (~F.col("__input_hash_o").eqNullSafe(F.col("__input_hash_n")))
+        & F.col("__in_o").isNotNull()
+        & F.col("__in_n").isNotNull()
+    )
+    diff = (
+        joined.select(
+            F.coalesce(F.col("__part_n"), F.col("__part_o")).alias(_PARTITION_COL),
+            category.alias("category"),
+            (input_changed & ~same).cast("int").alias("input_changed"),
+        )
+        .groupBy(_PARTITION_COL, "category")
+        .agg(F.count(F.lit(1)).alias("rows"), F.sum("input_changed").alias("input_changed"))
+        .toPandas()
+    )
+    counts = diff.pivot_table(
+        index=_PARTITION_COL, columns="category", values="rows", aggfunc="sum", fill_value=0
+    )
+    for cat in ("added", "removed", "rescored", "unchanged"):
+        if cat not in counts.columns:
+            counts[cat] = 0
+    counts = counts[["added", "removed", "rescored", "unchanged"]].astype(int)
+
+    old_vals = _collect_values(old_df, old_value, parts)
+    new_vals = _collect_values(new_df, new_value, parts)
+    by_partition = _partition_stats(old_df, new_df, parts, old_vals, new_vals, bins).join(
+        counts, how="outer"
+    )
+    by_partition = by_partition.fillna(
+        {c: 0 for c in ("rows_old", "rows_new", "added", "removed", "rescored", "unchanged")}
+    )
+    for col in ("rows_old", "rows_new", "added", "removed", "rescored", "unchanged"):
+        by_partition[col] = by_partition[col].astype(int)
+    by_partition = by_partition[
+        [
+            "rows_old",
+            "rows_new",
+            "added",
+            "removed",
+            "rescored",
+            "unchanged",
+            "mean_old",
+            "mean_new",
+            "psi",
+            "ks",
+        ]
+    ]
+    by_partition = (
+        by_partition.sort_index()
+        .reset_index()
+        .rename(columns={"index": "partition", _PARTITION_COL: "partition"})
+    )
+
+    ks = ks_statistic(old_vals[_VALUE_COL], new_vals[_VALUE_COL])
+    total = counts.sum()
+    return VersionComparison(
+        table=table,
+        old_version=old_v,
+        new_version=new_v,
+        key=tuple(keys),
+        key_source=key_source,
+        rows_old=int(by_partition["rows_old"].sum()),
+        rows_new=int(by_partition["rows_new"].sum()),
+        rows_added=int(total["added"]),
+        rows_removed=int(total["removed"]),
+        rows_rescored=int(total["rescored"]),
+        rows_unchanged=int(total["unchanged"]),
+        rows_rescored_input_changed=int(diff["input_changed"].fillna(0).sum()),
+        failed_old=_count_failed(old_df),
+        failed_new=_count_failed(new_df),
+        measure=measure_name,
+        psi=psi(old_vals[_VALUE_COL], new_vals[_VALUE_COL], bins=bins),
+        ks=ks,
+        ks_pvalue=_ks_pvalue(old_vals[_VALUE_COL], new_vals[_VALUE_COL], ks),
+        label_mix=_label_mix(old_df, new_df),
+        by_partition=by_partition,
+    )
+
+
+def _resolve_key(
+    lh: Lakehouse,
+    table: str,
+    columns: Sequence[str],
+    parts: Sequence[str],
+    key: str | Sequence[str] | None,
+) -> tuple[list[str], str]:
+    if key is not None:
+        keys = [key] if isinstance(key, str) else list(key)
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            raise UsageError(f"key must be a column name or a list of column names, got {key!r}")
+        return keys, "argument"
+    for version in sorted(_commit_metadata(lh, table).items(), reverse=True):
+        recorded = version[1].get("key")
+        if recorded:
+            return [k.strip() for k in recorded.split(",") if k.strip()], "commit metadata"
+    first = columns[0] if columns else None
+    reserved = {*parts, *LINEAGE_COLUMNS, "embedding", "label", "score", "scores", "generated_text"}
+    if first is None or first in reserved:
+        raise UsageError(
+            f"cannot tell the key column of {table}: its commits carry no {META_PREFIX}key metadata and its "
+            f"first column {first!r} is not a key column; pass key='<column>' (or a list of columns)"
+        )
+    log.info(
+        "no %skey in the commit metadata of %s: using its first column %r as the key",
+        META_PREFIX,
+        table,
+        first,
+    )
+    return [first], "first column"
+
+
+def _measure(df: DataFrame, measure: str, table: str) -> tuple[str, Column]:
+    """The per-row value whose distribution is compared: (name, Spark column)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, NumericType
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if measure == "auto":
+        if isinstance(fields.get("score"), NumericType):
+            measure = "score"
+        elif isinstance(fields.get("embedding"), ArrayType):
+            measure = "embedding_norm"
+        else:
+            raise UsageError(
+                f"{table} has neither a numeric `score` nor an `embedding` column to measure; "
+                f"pass measure='<numeric column>' (numeric columns: {[n for n, t in fields.items() if isinstance(t, NumericType)]})"
+            )
+    if measure == "embedding_norm":
+        if not isinstance(fields.get("embedding"), ArrayType):
+            raise UsageError(
+                f"measure='embedding_norm' needs an `embedding` array column; {table} has none"
+            )
+        squares = F.aggregate(
+            "embedding",
+            F.lit(0.0).cast("double"),
+            lambda acc, x: acc + x.cast("double") * x.cast("double"),
+        )
+        return measure, F.sqrt(squares)
+    if not isinstance(fields.get(measure), NumericType):
+        allowed = [
+            "auto",
+            "embedding_norm",
+            *[n for n, t in fields.items() if isinstance(t, NumericType)],
+        ]
+        raise UsageError(
+            f"measure={measure!r} is not a numeric column of {table}; allowed: {allowed}"
+        )
+    return measure, F.col(measure).cast("double")
+
+
+def _partition_label(parts: Sequence[str]) -> Column:
+    from pyspark.sql import functions as F
+
+    if not parts:
+        return F.lit(_ALL_ROWS)
+    pieces = [
+        F.concat(F.lit(f"{p}="), F.coalesce(F.col(p).cast("string"), F.lit("null"))) for p in parts
+    ]
+    return F.concat_ws("/", *pieces)
+
+
+def _scored_rows(df: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return df.where(F.col("error").isNull()) if "error" in df.columns else df
+
+
+def _collect_values(df: DataFrame, value: Column, parts: Sequence[str]) -> pd.DataFrame:
+    """(partition label, value) of every row that scored, as pandas: 16 bytes a row."""
+    pdf = (
+        _scored_rows(df)
+        .select(_partition_label(parts).alias(_PARTITION_COL), value.alias(_VALUE_COL))
+        .where(f"{_VALUE_COL} IS NOT NULL")
+        .toPandas()
+    )
+    pdf[_VALUE_COL] = pdf[_VALUE_COL].astype(float)
+    return pdf
+
+
+def _partition_stats(
+    old_df: DataFrame,
+    new_df: DataFrame,
+    parts: Sequence[str],
+    old_vals: pd.DataFrame,
+    new_vals: pd.DataFrame,
+    bins: int,
+) -> pd.DataFrame:
+    from pyspark.sql import functions as F
+
+    def rows(df: DataFrame, name: str) -> pd.DataFrame:
+        pdf = (
+            df.groupBy(_partition_label(parts).alias(_PARTITION_COL))
+            .agg(F.count(F.lit(1)).alias(name))
+            .toPandas()
+        )
+        return pdf.set_index(_PARTITION_COL)
+
+    stats = rows(old_df, "rows_old").join(rows(new_df, "rows_new"), how="outer")
+    old_groups = dict(tuple(old_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
+    new_groups = dict(tuple(new_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
+    empty = np.array([], dtype=float)
+    records = {}
+    for part in stats.index.union(pd.Index(list(old_groups) + list(new_groups))):
+        o = old_groups.get(part, empty)
+        n = new_groups.get(part, empty)
+        records[part] = {
+            "mean_old": float(np.mean(o)) if len(o) else math.nan,
+            "mean_new": float(np.mean(n)) if len(n) else math.nan,
+            "psi": psi(o, n, bins=bins),
+            "ks": ks_statistic(o, n),
+        }
+    return stats.join(pd.DataFrame.from_dict(records, orient="index"), how="outer")
+
+
+def _count_failed(df: DataFrame) -> int:
+    from pyspark.sql import functions as F
+
+    return df.where(F.col("error").isNotNull()).count() if "error" in df.columns else 0
+
+
+def _label_mix(old_df: DataFrame, new_df: DataFrame) -> pd.DataFrame | None:
+    """Counts and shares per label (rows that scored) in both versions; None without `label`."""
+    if "label" not in old_df.columns or "label" not in new_df.columns:
+        return None
+
+    def counts(df: DataFrame, name: str) -> pd.Series:
+        pdf = _scored_rows(df).where("label IS NOT NULL").groupBy("label").count().toPandas()
+        return pdf.set_index("label")["count"].rename(name)
+
+    mix = (
+        pd.concat([counts(old_df, "count_old"), counts(new_df, "count_new")], axis=1)
+        .fillna(0)
+        .astype(int)
+    )
+    for side in ("old", "new"):
+        total = mix[f"count_{side}"].sum()
+        mix[f"share_{side}"] = mix[f"count_{side}"] / total if total else math.nan
+    mix["share_change"] = mix["share_new"] - mix["share_old"]
+    return mix.sort_index().rename_axis("label").reset_index()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def failures(
+    table: str,
+    version: int | None = None,
+    *,
+    sample: int = 5,
+    key: str | Sequence[str] | None = None,
+    spark: SparkSession | None = None,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """Error messages of the rows that failed to score, most frequent first.
+
+    Args:
+        table: path or catalog name of the scored output table.
+        version: Delta version (None: the latest).
+        sample: how many keys (smallest first) to list per message.
+        key: the key column(s); None resolves it like `compare_versions`.
+        spark: session to use; None uses `get_spark()`.
+        engine: lakehouse backend.
+
+    Returns:
+        pandas DataFrame with `error`, `count`, `share` (of the failed rows), `partitions`
+        (how many partitions hold the message) and `sample_keys` (a list; tuples for
+        composite keys). Empty (same columns) when no row failed.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if sample < 0:
+        raise UsageError(f"sample={sample} must be >= 0")
+    lh = _lakehouse(spark, engine)
+    v = _resolve_version(lh, table, version)
+    df = lh.read(table, v)
+    columns = ["error", "count", "share", "partitions", "sample_keys"]
+    if "error" not in df.columns:
+        raise UsageError(f"{table} v{v} has no `error` column; is it a spark-scoring output table?")
+    parts = list(lh.partition_columns(table, v))
+    keys, _ = _resolve_key(lh, table, df.columns, parts, key)
+    failed = df.where(F.col("error").isNotNull())
+    counts = (
+        failed.groupBy("error")
+        .agg(
+            F.count(F.lit(1)).alias("count"),
+            F.countDistinct(_partition_label(parts)).alias("partitions"),
+        )
+        .toPandas()
+    )
+    if counts.empty:
+        return pd.DataFrame(columns=columns)
+    samples: dict[str, list[Any]] = {}
+    if sample:
+        rank = F.row_number().over(Window.partitionBy("error").orderBy(*keys))
+        picked = (
+            failed.select("error", *keys)
+            .withColumn("__rank", rank)
+            .where(F.col("__rank") <= sample)
+        )
+        for row in picked.orderBy("error", "__rank").collect():
+            value = row[keys[0]] if len(keys) == 1 else tuple(row[k] for k in keys)
+            samples.setdefault(row["error"], []).append(value)
+    counts["share"] = counts["count"] / counts["count"].sum()
+    counts["sample_keys"] = [samples.get(e, []) for e in counts["error"]]
+    counts = counts.sort_values(["count", "error"], ascending=[False, True]).reset_index(drop=True)
+    counts.attrs["table"] = table
+    counts.attrs["version"] = v
+    return counts[columns]
+
+
+# --------------------------------------------------------------------------- drift over versions
+
+
+def drift_history(
+    table: str,
+    *,
+    max_versions: int = 30,
+    measure: str = "auto",
+    bins: int = 10,
+    spark: SparkSession | None = None,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """PSI and KS of each version against the version before it (the last `max_versions`).
+
+    Whole-table distributions are compared (rows that scored), so a night that re-scored one
+    partition out of thirty moves the index less than `compare_versions(...).by_partition`.
+
+    Returns:
+        pandas DataFrame with `version`, `timestamp`, `previous_version`, `rows`, `mean`,
+        `psi`, `ks`, `run_id` (NaN statistics for the first version listed).
+    """
+    if max_versions < 2:
+        raise UsageError(
+            f"max_versions={max_versions} must be >= 2 to compare consecutive versions"
+        )
+    lh = _lakehouse(spark, engine)
+    history = {c.version: c for c in lh.history(table)}
+    latest = lh.latest_version(table)
+    versions = [v for v in range(max(0, latest - max_versions + 1), latest + 1)]
+    records = []
+    previous: tuple[int, np.ndarray] | None = None
+    name = measure
+    for v in versions:
+        df = lh.read(table, v)
+        name, value = _measure(df, measure, table)
+        vals = _collect_values(df, value, [])[_VALUE_COL].to_numpy()
+        info = history.get(v)
+        meta = (info.metadata or {}) if info else {}
+        records.append(
+            {
+                "version": v,
+                "timestamp": info.timestamp if info else None,
+                "previous_version": previous[0] if previous else None,
+                "rows": int(vals.size),
+                "mean": float(vals.mean()) if vals.size else math.nan,
+                "psi": psi(previous[1], vals, bins=bins) if previous else math.nan,
+                "ks": ks_statistic(previous[1], vals) if previous else math.nan,
+                "run_id": meta.get(f"{META_PREFIX}run_id"),
+            }
+        )
+        previous = (v, vals)
+    out = pd.DataFrame(records)
+    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
+    out["previous_version"] = out["previous_version"].astype("Int64")
+    out.attrs.update(table=table, measure=name)
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+#: Mid-luminance colors that keep their contrast on white and, as lines, next to dark UIs.
+PALETTE = ("#2f6db5", "#d9822b", "#3a9d5d", "#c0392b", "#7d5ba6", "#8c6d31")
+_STYLE: Mapping[str, Any] = {
+    "figure.facecolor": "white",
+    "axes.facecolor": "white",
+    "savefig.facecolor": "white",
+    "savefig.transparent": False,
+    "axes.edgecolor": "#555555",
+    "axes.labelcolor": "#222222",
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.grid": True,
+    "grid.color": "#cccccc",
+    "grid.alpha": 0.6,
+    "grid.linewidth": 0.6,
+    "xtick.color": "#333333",
+    "ytick.color": "#333333",
+    "text.color": "#222222",
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_MEASURE_LABELS = {"score": "score", "embedding_norm": "embedding L2 norm"}
+
+
+def _new_figure(figsize: tuple[float, float] = (8.0, 4.2)) -> tuple[Figure, Any]:
+    """A figure detached from pyplot's registry: it renders once, as the cell's result, and
+    never again through pyplot's auto-show, and it does not leak between calls."""
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    plt.close(fig)
+    return fig, ax
+
+
+def _styled(ax: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(_STYLE):
+        ax.set_axisbelow(True)
+        ax.grid(
+            True,
+            color=_STYLE["grid.color"],
+            alpha=_STYLE["grid.alpha"],
+            linewidth=_STYLE["grid.linewidth"],
+        )
+
+
+def _table_label(table: str) -> str:
+    """A short table name for titles: the last path component of a path, catalog names as is."""
+    if "/" in table or "\\" in table:
+        return posixpath.basename(table.replace("\\", "/").rstrip("/")) or table
+    return table
+
+
+def plot_score_histogram(
+    table: str,
+    versions: Sequence[int] | None = None,
+    *,
+    measure: str = "auto",
+    bins: int = 30,
+    spark: SparkSession | None = None,
+    engine: str = "auto",
+) -> Figure:
+    """Histogram of the score (or embedding norm) of each version, overlaid on shared bins.
+
+    Args:
+        table: path or catalog name of the scored output table.
+        versions: versions to draw (negative: count back from the latest); None: the last
+            three. The legend names each version's run.
+        measure: as in `compare_versions`.
+        bins: number of shared histogram bins.
+
+    Returns:
+        The matplotlib Figure (not shown; a notebook renders it as the cell's result).
+    """
+    lh = _lakehouse(spark, engine)
+    latest = lh.latest_version(table)
+    chosen = (
+        list(range(max(0, latest - 2), latest + 1))
+        if versions is None
+        else [_resolve_version(lh, table, v) for v in versions]
+    )
+    if not chosen:
+        raise UsageError(
+            "versions is empty; pass at least one version (or None for the last three)"
+        )
+    meta = _commit_metadata(lh, table)
+    series: list[tuple[int, np.ndarray]] = []
+    name = measure
+    for v in chosen:
+        df = lh.read(table, v)
+        name, value = _measure(df, measure, table)
+        series.append((v, _collect_values(df, value, [])[_VALUE_COL].to_numpy()))
+    values = np.concatenate([s for _, s in series]) if series else np.array([])
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if lo == hi:  # a constant measure (e.g. unit-norm embeddings) still gets a visible bar
+        pad = max(abs(lo) * 1e-3, 1e-6)
+        lo, hi = lo - pad, hi + pad
+    edges = np.linspace(lo, hi, bins + 1)
+
+    fig, ax = _new_figure()
+    for i, (v, vals) in enumerate(series):
+        run = meta.get(v, {}).get("run_id")
+        label = f"v{v}" + (f" (run {run[:8]})" if run else "") + f", n={vals.size}"
+        weights = np.full(vals.size, 1.0 / vals.size) if vals.size else None
+        ax.hist(
+            vals,
+            bins=edges,
+            weights=weights,
+            histtype="stepfilled",
+            alpha=0.25,
+            color=PALETTE[i % len(PALETTE)],
+        )
+        ax.hist(
+            vals,
+            bins=edges,
+            weights=weights,
+            histtype="step",
+            linewidth=1.6,
+            color=PALETTE[i % len(PALETTE)],
+            label=label,
+        )
+    measure_label = _MEASURE_LABELS.get(name, name)
+    ax.set_xlabel(measure_label)
+    ax.set_ylabel("share of scored rows")
+    ax.set_title(
+        f"{measure_label} distribution of {_table_label(table)}: "
+        + ", ".join(f"v{v}" for v in chosen)
+    )
+    ax.legend(loc="best", fontsize=9)
+    _styled(ax)
+    return fig
+
+
+def plot_drift(
+    table: str,
+    *,
+    max_versions: int = 30,
+    measure: str = "auto",
+    bins: int = 10,
+    spark: SparkSession | None = None,
+    engine: str = "auto",
+) -> Figure:
+    """PSI of each version against the one before it, over the table's history (nights).
+
+    Dashed lines mark the usual thresholds: 0.1 (moderate shift) and 0.25 (major shift).
+    See `drift_history` for the numbers behind the plot.
+    """
+    hist = drift_history(
+        table, max_versions=max_versions, measure=measure, bins=bins, spark=spark, engine=engine
+    )
+    data = hist.dropna(subset=["psi"])
+    fig, ax = _new_figure()
+    if data.empty:
+        ax.text(
+            0.5,
+            0.5,
+            "only one version: nothing to compare yet",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    else:
+        ax.plot(
+            data["version"],
+            data["psi"],
+            marker="o",
+            color=PALETTE[0],
+            linewidth=1.8,
+            label="PSI vs previous version",
+        )
+        ax.axhline(
+            PSI_MODERATE,
+            color=PALETTE[1],
+            linestyle="--",
+            linewidth=1,
+            label=f"moderate shift ({PSI_MODERATE})",
+        )
+        ax.axhline(
+            PSI_MAJOR,
+            color=PALETTE[3],
+            linestyle="--",
+            linewidth=1,
+            label=f"major shift ({PSI_MAJOR})",
+        )
+        ax.set_xticks(list(data["version"]))
+        ax.set_xticklabels(
+            [_version_tick(v, t) for v, t in zip(data["version"], data["timestamp"], strict=True)],
+            fontsize=8,
+        )
+        ax.set_ylim(bottom=0, top=max(PSI_MAJOR * 1.2, float(data["psi"].max()) * 1.15))
+        ax.legend(loc="upper left", fontsize=9)
+    measure_label = _MEASURE_LABELS.get(
+        hist.attrs.get("measure", measure), hist.attrs.get("measure", measure)
+    )
+    first, last = int(hist["version"].min()), int(hist["version"].max())
+    ax.set_title(
+        f"{measure_label} drift of {_table_label(table)} between consecutive versions (v{first}-v{last})"
+    )
+    ax.set_xlabel("table version (commit date)")
+    ax.set_ylabel("PSI vs previous version")
+    _styled(ax)
+    return fig
+
+
+def _version_tick(version: int, timestamp: Any) -> str:
+    if timestamp is None or pd.isna(timestamp):
+        return f"v{version}"
+    return f"v{version}\n{pd.Timestamp(timestamp):%m-%d %H:%M}"
+
+
+def plot_throughput(runs_df: pd.DataFrame) -> Figure:
+    """Rows per second of each run, as bars by table version (input: `list_runs(...)`).
+
+    Runs without `rows_per_second` in MLflow fall back to `rows_scored / seconds_total`;
+    commits without either are left out.
+    """
+    if "version" not in runs_df.columns:
+        raise UsageError(
+            "plot_throughput needs the DataFrame returned by list_runs(table) (no `version` column)"
+        )
+    df = runs_df.copy()
+    rate = (
+        pd.to_numeric(df["rows_per_second"], errors="coerce")
+        if "rows_per_second" in df.columns
+        else pd.Series(math.nan, index=df.index)
+    )
+    if {"rows_scored", "seconds_total"} <= set(df.columns):
+        seconds = pd.to_numeric(df["seconds_total"], errors="coerce").astype(float)
+        derived = pd.to_numeric(df["rows_scored"], errors="coerce").astype(float) / seconds.where(
+            seconds > 0
+        )
+        rate = rate.astype(float).fillna(derived)
+    df["__rate"] = rate.astype(float)
+    df = df[df["__rate"].notna()].sort_values("version")
+    table = runs_df.attrs.get("table")
+
+    fig, ax = _new_figure()
+    if df.empty:
+        ax.text(
+            0.5,
+            0.5,
+            "no run with a recorded throughput",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    else:
+        labels = [
+            f"v{v}" + (f"\n{str(r)[:8]}" if isinstance(r, str) and r else "")
+            for v, r in zip(df["version"], df.get("run_id", [None] * len(df)), strict=True)
+        ]
+        x = np.arange(len(df))
+        bars = ax.bar(x, df["__rate"], color=PALETTE[0], width=0.6)
+        ax.bar_label(bars, labels=[f"{r:,.0f}" for r in df["__rate"]], fontsize=8, padding=2)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.margins(y=0.15)
+    ax.set_xlabel("table version (run)")
+    ax.set_ylabel("rows / second")
+    ax.set_title("Scoring throughput per run" + (f" of {_table_label(table)}" if table else ""))
+    _styled(ax)
+    return fig
