@@ -1,0 +1,605 @@
+"""Resolve a model URI ONCE on the driver, pin it, and download it for the executors.
+
+`resolve_model` turns what a job config names (`models:/name@alias`, `models:/name/3`,
+`runs:/<run_id>/<path>`, or a local directory) into a `ResolvedModel`: the exact registry
+version, the run that produced it, and `local_dir`, a directory the scoring engine loads
+directly. A run uses that object from start to end, so an alias that moves while the run
+is going does not change which model scores its rows.
+
+Downloads land in a cache (`$SPARK_SCORING_MODEL_CACHE`, default
+`~/.cache/spark_scoring/models/`) once per registered (name, version) or run artifact. A
+download goes to a private temporary directory which is renamed into place after a marker
+file is written, so concurrent processes never see half a model: the loser of the rename
+race simply uses the winner's copy.
+
+What `local_dir` points at:
+* task "pyfunc": the MLflow model directory itself (has `MLmodel`).
+* sentence-transformers flavour: the ST model directory MLflow stores inside the
+  artifacts (`model.sentence_transformer/`).
+* transformers flavour: MLflow stores the weights in `model/` and each pipeline component
+  in `components/<name>/`; they are merged into one plain Hugging Face directory.
+* a local directory without `MLmodel`: the directory itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spark_scoring.errors import ModelError, TrackingError
+from spark_scoring.tracking import (
+    TASK_TAG,
+    TASKS,
+    _quiet_mlflow,
+    check_tracking_reachable,
+    default_tracking_uri,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from mlflow import MlflowClient
+
+_MARKER = ".spark_scoring_complete"
+_ST_DATA_DIR = "model.sentence_transformer"  # mlflow.sentence_transformers.SENTENCE_TRANSFORMERS_DATA_PATH
+_HF_MODEL_DIR = "model"  # mlflow.transformers.model_io._MODEL_BINARY_FILE_NAME
+_HF_COMPONENTS_DIR = "components"  # mlflow.transformers.model_io._COMPONENTS_BINARY_DIR_NAME
+_PIPELINE_TASKS = {
+    "embedding": frozenset({"feature-extraction", "sentence-similarity"}),
+    "text-classification": frozenset({"text-classification", "sentiment-analysis"}),
+    "text-generation": frozenset({"text-generation"}),
+}
+_LIST_LIMIT = 20
+_ALLOWED_FORMS = (
+    "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a local model directory"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model pinned for one run.
+
+    Attributes:
+        requested_uri: what the config asked for, unchanged.
+        resolved_uri: the pinned URI: "models:/name/3" for registry URIs, the runs:/ URI,
+            or the absolute path of a local directory.
+        name: registered model name (None unless from the registry).
+        version: registered model version as a string (None unless from the registry).
+        run_id: the MLflow run that logged the model, when known.
+        flavor: how the model was stored: "sentence_transformers", "transformers" or
+            "python_function" (MLflow flavours), or for a plain local directory the
+            library that reads it ("sentence_transformers" / "transformers").
+        task_tag: the registered version's `spark_scoring.task` tag, if any.
+        local_dir: absolute directory the scoring engine loads (see module docstring).
+        model_id: short stable hash naming this exact model + task; the executor cache key.
+    """
+
+    requested_uri: str
+    resolved_uri: str
+    name: str | None
+    version: str | None
+    run_id: str | None
+    flavor: str
+    task_tag: str | None
+    local_dir: str
+    model_id: str
+
+
+def default_cache_dir() -> Path:
+    """`$SPARK_SCORING_MODEL_CACHE`, else `~/.cache/spark_scoring/models`."""
+    env = os.environ.get("SPARK_SCORING_MODEL_CACHE", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spark_scoring" / "models"
+
+
+def resolve_model(
+    uri: str,
+    *,
+    task: str,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ResolvedModel:
+    """Pin `uri` to one exact model and make it available as a local directory.
+
+    Call this once on the driver at the start of a run and hand the result to everything
+    else; never resolve again during the run.
+
+    Args:
+        uri: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a local
+            directory (absolute or relative to the working directory; `file://` allowed).
+        task: the job's task (embedding | text-classification | text-generation | pyfunc).
+        tracking_uri: MLflow tracking URI; default `spark_scoring.tracking.default_tracking_uri()`.
+        registry_uri: model registry URI; default the tracking URI.
+        cache_dir: where downloads go; default `default_cache_dir()`.
+
+    Returns:
+        The pinned `ResolvedModel`.
+
+    Raises:
+        ModelError: unknown model/alias/version/run, a task mismatch, a missing local
+            directory, or artifacts that hold no loadable model.
+        TrackingError: the tracking server or registry cannot be reached.
+
+    Example:
+        >>> m = resolve_model("models:/minilm@champion", task="embedding")
+        >>> m.resolved_uri, m.version
+        ('models:/minilm/3', '3')
+    """
+    if task not in TASKS:
+        raise ModelError(f"task {task!r} is not supported; use one of {', '.join(TASKS)}")
+    if not isinstance(uri, str) or not uri.strip():
+        raise ModelError(f"model.uri must not be empty; give {_ALLOWED_FORMS}")
+    uri = uri.strip()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if uri.startswith("models:/"):
+        return _resolve_registry(uri, task, tracking_uri, registry_uri, cache)
+    if uri.startswith("runs:/"):
+        return _resolve_run(uri, task, tracking_uri, cache)
+    if uri.startswith("file://"):
+        uri_path = uri[len("file://") :]
+        return _resolve_local(uri, uri_path, task, cache)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", uri):
+        raise ModelError(f"model URI {uri!r} has an unsupported scheme; use {_ALLOWED_FORMS}")
+    return _resolve_local(uri, uri, task, cache)
+
+
+# --------------------------------------------------------------------------------------
+# registry and runs
+# --------------------------------------------------------------------------------------
+
+
+def _uris(tracking_uri: str | None, registry_uri: str | None) -> tuple[str, str]:
+    tracking = tracking_uri or default_tracking_uri()
+    registry = registry_uri or tracking
+    for u in dict.fromkeys((tracking, registry)):
+        if u.startswith("sqlite:///"):
+            db = Path(u[len("sqlite:///") :])
+            if not db.is_file():
+                raise TrackingError(
+                    f"the MLflow store {u} does not exist (no file {db}); register a model "
+                    "there first, or set mlflow.tracking_uri to the store or server that "
+                    "holds your models"
+                )
+        check_tracking_reachable(u)
+    return tracking, registry
+
+
+def _client(tracking: str, registry: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking, registry_uri=registry)
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+@contextlib.contextmanager
+def _registry_errors(what: str, where: str):
+    """Turn MLflow's transport failures into a TrackingError naming the server."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _quiet_mlflow(fail_fast=True):
+            yield
+    except (ModelError, TrackingError):
+        raise
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise
+        raise TrackingError(f"{what} failed at {where}: {exc.message}") from exc
+    except OSError as exc:
+        raise TrackingError(f"{what} failed at {where}: {exc}") from exc
+
+
+def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> (name, alias, version)."""
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, _, alias = rest.partition("@")
+        if name and alias and "/" not in alias:
+            return name, alias, None
+    elif "/" in rest:
+        name, _, version = rest.rpartition("/")
+        if name and version.isdigit():
+            return name, None, version
+        if name and version:
+            raise ModelError(
+                f"model URI {uri!r}: {version!r} is not a version number (stages are not "
+                f"supported); use models:/{name}/<number> or models:/{name}@<alias>"
+            )
+    raise ModelError(f"model URI {uri!r} is not understood; use {_ALLOWED_FORMS}")
+
+
+def _version_list(client: MlflowClient, name: str) -> list[str]:
+    versions = client.search_model_versions(f"name = '{name}'", max_results=200)
+    nums = sorted({int(v.version) for v in versions})
+    if len(nums) > _LIST_LIMIT:
+        return [str(n) for n in nums[-_LIST_LIMIT:]] + [f"... ({len(nums)} in all)"]
+    return [str(n) for n in nums]
+
+
+def _resolve_registry(
+    uri: str, task: str, tracking_uri: str | None, registry_uri: str | None, cache: Path
+) -> ResolvedModel:
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = _parse_models_uri(uri)
+    tracking, registry = _uris(tracking_uri, registry_uri)
+    client = _client(tracking, registry)
+    where = f"the model registry {registry}"
+    with _registry_errors(f"resolving {uri}", where):
+        try:
+            registered = client.get_registered_model(name)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            names = [m.name for m in client.search_registered_models(max_results=_LIST_LIMIT)]
+            raise ModelError(
+                f"registered model {name!r} (from {uri!r}) does not exist in {where}; existing "
+                f"models: {names or 'none'}; register it first (spark_scoring.tracking."
+                "register_model) or fix model.uri"
+            ) from exc
+        if alias is not None:
+            aliases = {k: str(v) for k, v in (registered.aliases or {}).items()}
+            if alias not in aliases:
+                raise ModelError(
+                    f"registered model {name!r} has no alias {alias!r} (from {uri!r}); its "
+                    f"aliases: {aliases or 'none'}; its versions: {_version_list(client, name)}; "
+                    f"set the alias (MlflowClient().set_registered_model_alias({name!r}, "
+                    f"{alias!r}, <version>)) or use models:/{name}/<version>"
+                )
+            version = str(aliases[alias])
+        try:
+            mv = client.get_model_version(name, version)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            raise ModelError(
+                f"registered model {name!r} has no version {version} (from {uri!r}); its "
+                f"versions: {_version_list(client, name)}"
+            ) from exc
+    task_tag = (mv.tags or {}).get(TASK_TAG)
+    if task_tag is not None and task_tag != task:
+        raise ModelError(
+            f"models:/{name}/{mv.version} (from {uri!r}) is registered for task {task_tag!r} "
+            f"(tag {TASK_TAG}), but the job config says model.task={task!r}; fix model.task "
+            "or point model.uri at a model registered for that task"
+        )
+    resolved_uri = f"models:/{name}/{mv.version}"
+    slot = cache / "registry" / _slug(registry) / _slug(name) / str(mv.version)
+    with _registry_errors(f"downloading {resolved_uri}", where):
+        # Download from the version's storage location, not "models:/name/3": MLflow
+        # resolves models:/ URIs against the process-wide registry URI, not ours.
+        source = client.get_model_version_download_uri(name, str(mv.version))
+        root = _cached_download(
+            slot, lambda dst: _download(source, dst, tracking, registry), resolved_uri, task
+        )
+    flavor, local_dir = _locate(root, task, resolved_uri)
+    return ResolvedModel(
+        requested_uri=uri,
+        resolved_uri=resolved_uri,
+        name=name,
+        version=str(mv.version),
+        run_id=mv.run_id or None,
+        flavor=flavor,
+        task_tag=task_tag,
+        local_dir=str(local_dir),
+        model_id=_model_id(resolved_uri, task, registry, mv.run_id or "", str(mv.source or "")),
+    )
+
+
+def _resolve_run(uri: str, task: str, tracking_uri: str | None, cache: Path) -> ResolvedModel:
+    from mlflow.exceptions import MlflowException
+
+    rest = uri[len("runs:/") :].strip("/")
+    run_id, _, artifact_path = rest.partition("/")
+    if not run_id or not artifact_path:
+        raise ModelError(f"model URI {uri!r} is not understood; use runs:/RUN_ID/PATH (e.g. runs:/abc123/model)")
+    tracking, _registry = _uris(tracking_uri, None)
+    client = _client(tracking, tracking)
+    where = f"the MLflow tracking store {tracking}"
+    with _registry_errors(f"resolving {uri}", where):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            raise ModelError(
+                f"MLflow run {run_id!r} (from {uri!r}) does not exist in {where}; check the run id "
+                "and mlflow.tracking_uri"
+            ) from exc
+        source = _run_model_location(client, run, artifact_path, uri)
+        resolved_uri = f"runs:/{run_id}/{artifact_path}"
+        slot = cache / "runs" / _slug(tracking) / run_id / _slug(artifact_path)
+        root = _cached_download(slot, lambda dst: _download(source, dst, tracking, tracking), resolved_uri, task)
+    flavor, local_dir = _locate(root, task, resolved_uri)
+    return ResolvedModel(
+        requested_uri=uri,
+        resolved_uri=resolved_uri,
+        name=None,
+        version=None,
+        run_id=run_id,
+        flavor=flavor,
+        task_tag=None,
+        local_dir=str(local_dir),
+        model_id=_model_id(resolved_uri, task, tracking),
+    )
+
+
+def _run_model_location(client: MlflowClient, run: Any, artifact_path: str, uri: str) -> str:
+    """The storage URI of the model a runs:/ URI names.
+
+    MLflow 2 kept models among the run's artifacts; MLflow 3 logs them as LoggedModels
+    (their own artifact location) linked to the run by name. Both are looked up here with
+    our client: MLflow's own runs:/ resolution falls back to the process-wide tracking URI.
+    """
+    import mlflow
+
+    run_id = run.info.run_id
+    in_run = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    try:
+        listed = mlflow.artifacts.list_artifacts(artifact_uri=in_run, tracking_uri=client.tracking_uri)
+    except Exception:  # noqa: BLE001 - nothing there (each store says so differently)
+        listed = []
+    if any(Path(f.path).name == "MLmodel" for f in listed or []):
+        return in_run
+    models = [
+        m
+        for m in client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"name = '{artifact_path}'"
+        )
+        if m.source_run_id == run_id
+    ]
+    if not models:
+        logged = [
+            m.name
+            for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])
+            if m.source_run_id == run_id
+        ]
+        raise ModelError(
+            f"run {run_id} has no model at {artifact_path!r} (from {uri!r}); models logged by "
+            f"that run: {logged or 'none'}; use runs:/{run_id}/<one of those>"
+        )
+    # Several models under one name: the last logged wins, as in mlflow.register_model.
+    latest = max(models, key=lambda m: m.creation_timestamp or 0)
+    return latest.artifact_location
+
+
+def _download(artifact_uri: str, dst: Path, tracking: str, registry: str) -> None:
+    """Download `artifact_uri` so that its files land directly in `dst`."""
+    import mlflow
+
+    staging = dst.parent / (dst.name + ".dl")
+    staging.mkdir(parents=True, exist_ok=True)
+    got = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri, dst_path=str(staging), tracking_uri=tracking, registry_uri=registry
+        )
+    )
+    if not (got / "MLmodel").is_file():
+        raise ModelError(
+            f"{artifact_uri} holds no MLflow model (no MLmodel file among "
+            f"{sorted(p.name for p in got.iterdir())[:_LIST_LIMIT]})"
+        )
+    got.rename(dst)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# local directories
+# --------------------------------------------------------------------------------------
+
+
+def _resolve_local(requested: str, path_text: str, task: str, cache: Path) -> ResolvedModel:
+    path = Path(path_text).expanduser()
+    path = (Path.cwd() / path if not path.is_absolute() else path).resolve()
+    if not path.is_dir():
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise ModelError(
+            f"local model directory {path} (from model.uri {requested!r}) {what}; give an "
+            f"existing model directory, or {_ALLOWED_FORMS}"
+        )
+    fingerprint = _fingerprint(path)
+    model_id = _model_id(str(path), task, fingerprint)
+    if (path / "MLmodel").is_file():
+        # Merging a transformers model writes a new directory: keep it in the cache, keyed
+        # by the content fingerprint so an edited directory gets a fresh merge.
+        merge_slot = cache / "local" / model_id
+        flavor, local_dir = _locate(path, task, str(path), merge_slot=merge_slot)
+    else:
+        if task == "pyfunc":
+            raise ModelError(
+                f"task 'pyfunc' needs an MLflow model directory (with an MLmodel file); {path} has "
+                "none. Save the model with mlflow.pyfunc.save_model, or use a text task"
+            )
+        if (path / "modules.json").is_file():
+            flavor = "sentence_transformers"
+            if task != "embedding":
+                raise ModelError(
+                    f"{path} is a sentence-transformers model: it serves task 'embedding', not {task!r}"
+                )
+        elif (path / "config.json").is_file():
+            flavor = "transformers"
+        else:
+            raise ModelError(
+                f"{path} is not a model directory: no MLmodel, modules.json or config.json; "
+                f"files there: {sorted(p.name for p in path.iterdir())[:_LIST_LIMIT]}"
+            )
+        local_dir = path
+    return ResolvedModel(
+        requested_uri=requested,
+        resolved_uri=str(path),
+        name=None,
+        version=None,
+        run_id=None,
+        flavor=flavor,
+        task_tag=None,
+        local_dir=str(local_dir),
+        model_id=model_id,
+    )
+
+
+def _fingerprint(path: Path) -> str:
+    """Names, sizes and mtimes of every file under `path` (cheap; no file is read)."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# inside the MLflow artifacts
+# --------------------------------------------------------------------------------------
+
+
+def _locate(root: Path, task: str, label: str, merge_slot: Path | None = None) -> tuple[str, Path]:
+    """(flavor, directory the engine loads) for the MLflow model directory `root`.
+
+    For a downloaded registry/run model the transformers merge was already done inside the
+    cache slot (`root.parent / "hf"`); for a local MLflow directory it goes to `merge_slot`.
+    """
+    flavors = _flavors(root)
+    if task == "pyfunc":
+        if "python_function" not in flavors:
+            raise ModelError(
+                f"{label} has no python_function flavour (flavours: {sorted(flavors)}); task "
+                "'pyfunc' needs one"
+            )
+        return "python_function", root
+    if "sentence_transformers" in flavors:
+        if task != "embedding":
+            raise ModelError(f"{label} is a sentence-transformers model: it serves task 'embedding', not {task!r}")
+        data = flavors.get("python_function", {}).get("data") or _ST_DATA_DIR
+        st_dir = root / data
+        if not (st_dir / "modules.json").is_file() and not (st_dir / "config.json").is_file():
+            raise ModelError(f"{label}: the sentence-transformers model directory {st_dir} is missing or empty")
+        return "sentence_transformers", st_dir
+    if "transformers" in flavors:
+        conf = flavors["transformers"]
+        pipeline_task = conf.get("task")
+        if pipeline_task not in _PIPELINE_TASKS[task]:
+            raise ModelError(
+                f"{label} is a transformers {pipeline_task!r} pipeline; task {task!r} needs one of "
+                f"{sorted(_PIPELINE_TASKS[task])}; fix model.task or the model"
+            )
+        merged = root.parent / "hf" if merge_slot is None else merge_slot / "hf"
+        if not (merged / _MARKER).is_file():
+            _merge_hf(root, conf, merged, label)
+        return "transformers", merged
+    raise ModelError(
+        f"{label} has flavours {sorted(flavors)}; task {task!r} needs a sentence_transformers or "
+        "transformers model; use task 'pyfunc' for other MLflow models"
+    )
+
+
+def _flavors(root: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        meta = yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"cannot read {root / 'MLmodel'}: {exc}") from exc
+    return dict(meta.get("flavors") or {})
+
+
+def _merge_hf(root: Path, conf: dict[str, Any], merged: Path, label: str) -> None:
+    """Copy MLflow's `model/` and `components/<name>/` into ONE Hugging Face directory."""
+    model_dir = root / _HF_MODEL_DIR
+    if not (model_dir / "config.json").is_file():
+        repo = conf.get("source_model_name") or conf.get("_name_or_path") or "?"
+        raise ModelError(
+            f"{label} holds no model weights (no {_HF_MODEL_DIR}/config.json): it was logged with "
+            f"save_pretrained=False and refers to the hub repository {repo!r}, which cannot be "
+            "reached here; log it again with save_pretrained=True"
+        )
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        for component in conf.get("components") or []:
+            comp_dir = root / _HF_COMPONENTS_DIR / component
+            if not comp_dir.is_dir():
+                continue
+            for item in comp_dir.iterdir():
+                target = tmp / item.name
+                if target.exists():  # the model's own files win (config.json)
+                    continue
+                if item.is_dir():
+                    shutil.copytree(item, target)
+                else:
+                    shutil.copy2(item, target)
+
+    _atomic_dir(merged, build)
+
+
+# --------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    """A readable, filesystem-safe, collision-free name for `text`."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")[:40] or "x"
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _model_id(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _atomic_dir(final: Path, build) -> Path:
+    """Build `final` in a private temp dir, write the marker last, rename into place.
+
+    Tolerates concurrent processes: whoever renames first wins and the others reuse it.
+    A directory without the marker is a leftover of a crash and is replaced.
+    """
+    if (final / _MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        build(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"created": time.time(), "pid": os.getpid()}))
+        for _attempt in range(3):
+            try:
+                tmp.rename(final)
+                return final
+            except OSError:
+                if (final / _MARKER).is_file():
+                    return final  # another process finished first
+                # A crashed earlier attempt left an incomplete directory: clear it.
+                shutil.rmtree(final, ignore_errors=True)
+        raise ModelError(f"could not move the model into the cache at {final}; check permissions")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent / (tmp.name + ".dl"), ignore_errors=True)
+
+
+def _cached_download(slot: Path, fetch, label: str, task: str) -> Path:
+    """Download once into `slot/mlflow` (reused when complete); return that directory.
+
+    For the transformers flavour the merged Hugging Face directory is built inside the
+    same slot (`slot/hf`) by `_locate`.
+    """
+
+    def build(tmp: Path) -> None:
+        tmp.rmdir()  # _download renames the fetched directory onto this path
+        fetch(tmp)
+
+    try:
+        return _atomic_dir(slot / "mlflow", build)
+    except ModelError:
+        raise
+    except OSError as exc:
+        raise ModelError(f"downloading {label} into the cache {slot} failed: {exc}") from exc
