@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 import urllib.error
@@ -163,7 +162,7 @@ def check_tracking_reachable(uri: str, timeout: float = _PROBE_TIMEOUT_S) -> Non
             return
     except urllib.error.HTTPError:
         return  # it answered
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
             f"the MLflow tracking server {uri} is unreachable ({reason}); start it, or point "
@@ -482,7 +481,8 @@ def register_model(
 
 
 def _truncate(value: str, limit: int) -> str:
-    return value if len(value) <= limit else value[: limit - 15] + "...[truncated]"
+    suffix = "...[truncated]"
+    return value if len(value) <= limit else value[: limit - len(suffix)] + suffix
 
 
 class RunTracker:
@@ -558,9 +558,10 @@ class RunTracker:
         if self._run_id is None or self._ended:
             return
         client = self._require()
-        if failure is not None:
-            client.set_tag(self._run_id, "spark_scoring.failure", _truncate(failure, _MAX_FAILURE_LEN))
-        client.set_terminated(self._run_id, status)
+        with _quiet_mlflow(fail_fast=True):
+            if failure is not None:
+                client.set_tag(self._run_id, "spark_scoring.failure", _truncate(failure, _MAX_FAILURE_LEN))
+            client.set_terminated(self._run_id, status)
         self._ended = True
 
     def __enter__(self) -> RunTracker:

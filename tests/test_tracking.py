@@ -1,0 +1,253 @@
+"""RunTracker against a real local MLflow store (SQLite + artifacts in tmp)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spark_scoring.config import JobConfig, MlflowConfig, ModelConfig, OutputConfig, SourceConfig
+from spark_scoring.errors import TrackingError
+from spark_scoring.tracking import (
+    RunTracker,
+    default_tracking_uri,
+    render_distribution_png,
+    render_report_markdown,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating its tables takes several seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _no_default_store(tmp_path, monkeypatch):
+    """Fail a test that lets MLflow fall back to its default store in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    yield
+    assert not (tmp_path / "mlflow.db").exists(), "something used MLflow's default store"
+    assert not (tmp_path / "mlruns").exists()
+
+
+def _cfg(uri: str, name: str = "nightly-embed", experiment: str = "spark-scoring-tests") -> JobConfig:
+    return JobConfig(
+        name=name,
+        source=SourceConfig(table="/data/docs", key="id", partition_by=("day",)),
+        model=ModelConfig(uri="models:/minilm@champion", task="embedding", input=("text",)),
+        output=OutputConfig(table="/data/docs_scored"),
+        mlflow=MlflowConfig(tracking_uri=uri, experiment=experiment),
+    )
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _artifact(client, run_id: str, path: str, tmp_path: Path) -> bytes:
+    local = client.download_artifacts(run_id, path, str(tmp_path))
+    return Path(local).read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+REPORT = {
+    "status": "published",
+    "rows_read": 1200,
+    "rows_scored": 1000,
+    "rows_failed": 3,
+    "padding_efficiency": 0.8731,
+    "seconds": {"plan": 0.5, "load": 2.0, "score": 7.5, "commit": 1.0, "total": 11.0},
+    "partitions": [{"day": "2024-01-01", "rows": 600}, {"day": "2024-01-02", "rows": 400}],
+}
+
+
+def test_run_logs_params_metrics_tags_and_artifacts(store_uri, tmp_path):
+    cfg = _cfg(store_uri)
+    params = {
+        "job_name": cfg.name, "config_hash": cfg.config_hash(), "source_table": cfg.source.table,
+        "output_table": cfg.output.table, "source_version_start": None, "source_version": 7,
+        "model_uri": "models:/minilm/1", "model_version": "1", "task": "embedding",
+        "batch_max_rows": 64, "batch_max_tokens": 16384, "lakehouse_engine": "delta-rs", "mode": "full",
+    }
+    metrics = {"rows_read": 1200, "rows_scored": 1000, "rows_failed": 3, "padding_efficiency": 0.8731, "seconds_total": 11.0, "rows_carried": None}
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(200, 16))
+    with RunTracker(cfg) as tracker:
+        run_id = tracker.run_id
+        assert run_id
+        tracker.log_params(params)
+        tracker.log_metrics(metrics)
+        tracker.set_tags({"spark_scoring.model_id": "abc123", "ignored": None})
+        tracker.log_config(cfg)
+        tracker.set_output_version(12)
+        tracker.log_report(REPORT)
+        tracker.log_distribution(embeddings, kind="embedding_norm", title="Embedding norms")
+
+    client = _client(store_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "nightly-embed"
+    assert client.get_experiment(run.info.experiment_id).name == "spark-scoring-tests"
+    expected_params = {k: str(v) for k, v in params.items() if v is not None}
+    assert run.data.params == expected_params
+    assert run.data.metrics == {
+        "rows_read": 1200.0, "rows_scored": 1000.0, "rows_failed": 3.0,
+        "padding_efficiency": 0.8731, "seconds_total": 11.0, "output_version": 12.0,
+    }
+    tags = run.data.tags
+    assert tags["spark_scoring.job"] == "nightly-embed"
+    assert tags["spark_scoring.output_table"] == "/data/docs_scored"
+    assert tags["spark_scoring.output_version"] == "12"
+    assert tags["spark_scoring.model_id"] == "abc123"
+    assert "ignored" not in tags and "spark_scoring.failure" not in tags
+
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert names == {"config.yaml", "report.json", "report.md", "distribution.png"}
+    assert yaml.safe_load(_artifact(client, run_id, "config.yaml", tmp_path)) == cfg.to_dict()
+    assert json.loads(_artifact(client, run_id, "report.json", tmp_path)) == REPORT
+    md = _artifact(client, run_id, "report.md", tmp_path).decode()
+    assert "# Scoring run report: nightly-embed" in md
+    assert "| rows_scored | 1,000 |" in md
+    assert "| score | 7.5 | 68% |" in md  # phase table with shares of the total
+    assert "| 2024-01-02 | 400 |" in md
+    png = _artifact(client, run_id, "distribution.png", tmp_path)
+    assert png.startswith(PNG_MAGIC) and len(png) > 5_000
+    # artifacts sit next to the database, not in the working directory
+    art = client.get_experiment(run.info.experiment_id).artifact_location
+    assert art.startswith(Path(store_uri[len("sqlite:///"):]).parent.as_uri())
+
+
+def test_exception_ends_run_failed_with_reason(store_uri):
+    cfg = _cfg(store_uri, name="failing-job")
+    with pytest.raises(RuntimeError, match="source table vanished"), RunTracker(cfg) as tracker:
+        run_id = tracker.run_id
+        tracker.log_metrics({"rows_read": 10})
+        raise RuntimeError("source table vanished")
+    run = _client(store_uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["spark_scoring.failure"] == "RuntimeError: source table vanished"
+    assert run.data.metrics["rows_read"] == 10.0
+
+
+def test_long_failure_message_is_truncated(store_uri):
+    with pytest.raises(ValueError), RunTracker(_cfg(store_uri, name="long-failure")) as tracker:
+        run_id = tracker.run_id
+        raise ValueError("x" * 20_000)
+    tag = _client(store_uri).get_run(run_id).data.tags["spark_scoring.failure"]
+    assert tag.startswith("ValueError: xxx") and tag.endswith("...[truncated]")
+    assert len(tag) == 4000
+
+
+def test_keyboard_interrupt_ends_run_killed(store_uri):
+    with pytest.raises(KeyboardInterrupt), RunTracker(_cfg(store_uri, name="interrupted")) as tracker:
+        run_id = tracker.run_id
+        raise KeyboardInterrupt
+    assert _client(store_uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_logging_failure_does_not_hide_the_original_exception(store_uri):
+    """The tracking server goes away mid-run: the caller still sees its own exception."""
+    from mlflow import MlflowClient
+
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(ZeroDivisionError), RunTracker(_cfg(store_uri, name="server-gone")) as tracker:
+        tracker._client = MlflowClient(tracking_uri=dead, registry_uri=dead)
+        1 / 0  # noqa: B018
+    assert time.perf_counter() - t0 < 30  # recording the failure gave up quickly
+
+
+def test_params_are_write_once(store_uri):
+    with RunTracker(_cfg(store_uri, name="params-twice")) as tracker:
+        tracker.log_params({"source_version": 3})
+        tracker.log_params({"source_version": 3})  # same value: fine
+        with pytest.raises(TrackingError, match=r"MLflow refused to log params for run \w+ at sqlite:"):
+            tracker.log_params({"source_version": 4})
+        with pytest.raises(TrackingError, match="metric 'rows_read' must be a number, got 'many'"):
+            tracker.log_metrics({"rows_read": "many"})
+        with pytest.raises(TrackingError, match="distribution kind 'labels' is not supported; use 'score' or 'embedding_norm'"):
+            tracker.log_distribution(np.ones(3), kind="labels", title="x")
+
+
+def test_not_started_tracker_refuses_to_log(store_uri):
+    tracker = RunTracker(_cfg(store_uri))
+    assert tracker.run_id is None
+    with pytest.raises(TrackingError, match=r"the MLflow run is not started; call RunTracker.start\(\) first"):
+        tracker.log_metrics({"rows_read": 1})
+
+
+def test_unreachable_server_fails_fast_on_start():
+    uri = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    unreachable = rf"the MLflow tracking server {uri} is unreachable .*start it, or point mlflow.tracking_uri"
+    with pytest.raises(TrackingError, match=unreachable), RunTracker(_cfg(uri)):
+        pass
+    assert time.perf_counter() - t0 < 10
+
+
+def test_default_tracking_uri(tmp_path, monkeypatch):
+    assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert default_tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_tracker_uses_default_store_when_none_configured(tmp_path, monkeypatch):
+    """No tracking URI anywhere: the run lands in ./mlflow.db (absolute path)."""
+    cfg = _cfg(None)
+    with RunTracker(cfg) as tracker:
+        assert tracker.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+        run_id = tracker.run_id
+    assert _client(tracker.tracking_uri).get_run(run_id).info.status == "FINISHED"
+    assert (tmp_path / "mlflow.db").is_file()
+    (tmp_path / "mlflow.db").unlink()  # expected here; the autouse guard checks the others
+    import shutil
+
+    shutil.rmtree(tmp_path / "mlartifacts", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------
+
+
+def test_report_markdown_rendering():
+    md = render_report_markdown(REPORT, job="j", run_id="r1")
+    lines = md.splitlines()
+    assert lines[0] == "# Scoring run report: j"
+    assert "MLflow run `r1`" in md
+    summary = lines.index("## Summary")
+    assert lines[summary + 2 : summary + 4] == ["| item | value |", "| --- | ---: |"]
+    assert "| status | published |" in md
+    assert "| padding_efficiency | 0.8731 |" in md
+    assert "| total | 11 |  |" in md
+    assert "| day | rows |" in md
+
+
+def test_distribution_png_is_a_labelled_histogram():
+    import matplotlib.image
+
+    png = render_distribution_png(np.linspace(0, 1, 500), "score", "Scores")
+    assert png.startswith(PNG_MAGIC)
+    import io
+
+    img = matplotlib.image.imread(io.BytesIO(png), format="png")
+    assert img.shape[:2] == (420, 700)
+    empty = render_distribution_png(np.array([np.nan]), "score", "No scores")
+    assert empty.startswith(PNG_MAGIC)
