@@ -659,6 +659,15 @@ class DeltaRsWriter(DataSourceArrowWriter):
         if self.mode == "overwrite":
             custom["operationMetrics"] = _metrics(len(adds), len(active_files(table)), rows)
             schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
+            if list(self.partition_by) != table_parts:
+                # A new partitioning needs new table metadata: CREATE OR REPLACE in one
+                # commit (removes of every active file + adds), keeping the table properties.
+                create_table_with_add_actions(
+                    self.path, schema, adds, mode="overwrite", partition_by=self.partition_by or None,
+                    configuration=dict(table.metadata().configuration or {}),
+                    commit_properties=properties,
+                )
+                return
             # delta-rs turns mode="overwrite" without filters into removes of every active
             # file of the loaded (= expected) version, in the same commit as the adds.
             table.create_write_transaction(
