@@ -93,6 +93,16 @@ PSI_MAJOR = 0.25
 _PARTITION_COL = "__partition"
 _VALUE_COL = "__value"
 _ALL_ROWS = "(all rows)"
+_PARTITION_COUNTS = (
+    "rows_old",
+    "rows_new",
+    "added",
+    "removed",
+    "rescored",
+    "unchanged",
+    "failed_old",
+    "failed_new",
+)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -384,7 +394,8 @@ class VersionComparison:
         label_mix: text-classification tables: one row per label with `count_old`,
             `count_new`, `share_old`, `share_new`, `share_change` (None for other tasks).
         by_partition: one row per partition: `rows_old`, `rows_new`, `added`, `removed`,
-            `rescored`, `unchanged`, `mean_old`, `mean_new`, `psi`, `ks`.
+            `rescored`, `unchanged`, `failed_old`, `failed_new`, `mean_old`, `mean_new`,
+            `psi`, `ks`.
     """
 
     table: str
@@ -531,10 +542,8 @@ def compare_versions(
     by_partition = _partition_stats(old_df, new_df, parts, old_vals, new_vals, bins).join(
         counts, how="outer"
     )
-    by_partition = by_partition.fillna(
-        {c: 0 for c in ("rows_old", "rows_new", "added", "removed", "rescored", "unchanged")}
-    )
-    for col in ("rows_old", "rows_new", "added", "removed", "rescored", "unchanged"):
+    by_partition = by_partition.fillna({c: 0 for c in _PARTITION_COUNTS})
+    for col in _PARTITION_COUNTS:
         by_partition[col] = by_partition[col].astype(int)
     by_partition = by_partition[
         [
@@ -544,6 +553,8 @@ def compare_versions(
             "removed",
             "rescored",
             "unchanged",
+            "failed_old",
+            "failed_new",
             "mean_old",
             "mean_new",
             "psi",
@@ -571,8 +582,8 @@ def compare_versions(
         rows_rescored=int(total["rescored"]),
         rows_unchanged=int(total["unchanged"]),
         rows_rescored_input_changed=int(diff["input_changed"].fillna(0).sum()),
-        failed_old=_count_failed(old_df),
-        failed_new=_count_failed(new_df),
+        failed_old=int(by_partition["failed_old"].sum()),
+        failed_new=int(by_partition["failed_new"].sum()),
         measure=measure_name,
         psi=psi(old_vals[_VALUE_COL], new_vals[_VALUE_COL], bins=bins),
         ks=ks,
@@ -692,15 +703,16 @@ def _partition_stats(
 ) -> pd.DataFrame:
     from pyspark.sql import functions as F
 
-    def rows(df: DataFrame, name: str) -> pd.DataFrame:
+    def rows(df: DataFrame, side: str) -> pd.DataFrame:
+        failed = F.col("error").isNotNull().cast("int") if "error" in df.columns else F.lit(0)
         pdf = (
             df.groupBy(_partition_label(parts).alias(_PARTITION_COL))
-            .agg(F.count(F.lit(1)).alias(name))
+            .agg(F.count(F.lit(1)).alias(f"rows_{side}"), F.sum(failed).alias(f"failed_{side}"))
             .toPandas()
         )
         return pdf.set_index(_PARTITION_COL)
 
-    stats = rows(old_df, "rows_old").join(rows(new_df, "rows_new"), how="outer")
+    stats = rows(old_df, "old").join(rows(new_df, "new"), how="outer")
     old_groups = dict(tuple(old_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
     new_groups = dict(tuple(new_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
     empty = np.array([], dtype=float)
@@ -715,12 +727,6 @@ def _partition_stats(
             "ks": ks_statistic(o, n),
         }
     return stats.join(pd.DataFrame.from_dict(records, orient="index"), how="outer")
-
-
-def _count_failed(df: DataFrame) -> int:
-    from pyspark.sql import functions as F
-
-    return df.where(F.col("error").isNotNull()).count() if "error" in df.columns else 0
 
 
 def _label_mix(old_df: DataFrame, new_df: DataFrame) -> pd.DataFrame | None:
