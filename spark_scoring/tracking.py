@@ -31,6 +31,7 @@ import math
 import os
 import tempfile
 import time
+import typing
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spark_scoring.config import TaskName
 from spark_scoring.errors import ModelError, TrackingError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -49,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 _log = logging.getLogger(__name__)
 
 TASK_TAG = "spark_scoring.task"
-TASKS = ("embedding", "text-classification", "text-generation", "pyfunc")
+TASKS: tuple[str, ...] = typing.get_args(TaskName)
 DEFAULT_REGISTER_EXPERIMENT = "spark-scoring-models"
 
 # MLflow limits (mlflow/utils/validation.py): longer values are rejected, so we truncate.
@@ -246,7 +248,7 @@ def _is_generator(archs: list[str], config: Mapping[str, Any]) -> bool:
     )
 
 
-def check_task_matches(path: Path, kind: str, task: str) -> None:
+def _check_task_matches(path: Path, kind: str, task: str) -> None:
     """Raise `ModelError` when the model in `path` cannot serve `task` (nothing is logged yet)."""
     if task not in TASKS:
         raise ModelError(f"task {task!r} is not supported; use one of {', '.join(TASKS)}")
@@ -427,7 +429,7 @@ def register_model(
     if not src.is_dir():
         raise ModelError(f"model directory {src} does not exist; pass the directory of a saved model")
     kind = _model_kind(src)
-    check_task_matches(src, kind, task)
+    _check_task_matches(src, kind, task)
     uri = tracking_uri or default_tracking_uri()
     check_tracking_reachable(uri)
 

@@ -64,6 +64,13 @@ def _no_default_store(tmp_path, monkeypatch):
     """Fail a test that lets MLflow fall back to its default store in the working directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # RunTracker.start() points MLflow's process-wide URIs at the test store: put them back
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
     yield
     assert not (tmp_path / "mlflow.db").exists(), "something used MLflow's default store"
     assert not (tmp_path / "mlruns").exists()
@@ -365,6 +372,39 @@ def test_transformers_task_checked_against_config(store, tiny_classifier_dir, tm
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(encoder)
     with pytest.raises(ModelError, match=r"task 'text-classification' needs a sequence-classification model .*\['BertModel'\]"):
         register_model(encoder, "tiny-enc", task="text-classification", tracking_uri=store["uri"])
+
+
+def test_plain_hf_encoder_registers_as_feature_extraction(store, client, tmp_path, cache, minilm_dir, capfd):
+    import torch
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    src = tmp_path / "encoder"
+    torch.manual_seed(1)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).eval().save_pretrained(src)
+    for name in _TOKENIZER_FILES:
+        shutil.copy(Path(minilm_dir) / name, src / name)
+    capfd.readouterr()
+    uri = register_model(src, "tiny-enc", task="embedding", tracking_uri=store["uri"])
+    assert capfd.readouterr().out == ""  # register_model prints nothing
+    assert uri == "models:/tiny-enc/1"
+    r = resolve_model(uri, task="embedding", tracking_uri=store["uri"], cache_dir=cache)
+    assert (r.flavor, r.task_tag) == ("transformers", "embedding")
+    tok = AutoTokenizer.from_pretrained(r.local_dir)
+    with torch.no_grad():
+        got = AutoModel.from_pretrained(r.local_dir).eval()(**tok(TEXTS, padding=True, return_tensors="pt")).last_hidden_state
+        want = BertModel.from_pretrained(src).eval()(**tok(TEXTS, padding=True, return_tensors="pt")).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # the registry tag refuses a wrong task first; a local MLflow copy is checked by its flavour
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        client.get_model_version_download_uri("tiny-enc", "1"), dst_path=str(tmp_path / "copy"), tracking_uri=store["uri"]
+    )
+    with pytest.raises(ModelError, match=r"is a transformers 'feature-extraction' pipeline; task 'text-classification' needs one of \['sentiment-analysis', 'text-classification'\]"):
+        resolve_model(local, task="text-classification", cache_dir=cache)
+    merged = resolve_model(local, task="embedding", cache_dir=cache)
+    assert Path(merged.local_dir).is_relative_to(cache / "local")  # merged copy lives in the cache
+    assert (Path(merged.local_dir) / "tokenizer.json").is_file()
 
 
 def _save_pyfunc_model(path: Path) -> None:
