@@ -25,6 +25,7 @@ raise the same class again (see `raise_tagged`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -187,10 +188,8 @@ def active_files(delta_table) -> list[dict[str, Any]]:
     files = []
     for row in actions.to_pylist():
         log_path = row["path"]
-        if "://" in log_path:  # absolute paths are allowed by the protocol
-            location = log_path
-        else:
-            location = f"{root}/{parts.uri_decode_path(log_path)}"
+        # Absolute paths (with a scheme) are allowed by the protocol; relative ones are URIs.
+        location = log_path if "://" in log_path else f"{root}/{parts.uri_decode_path(log_path)}"
         files.append(
             {
                 "log_path": log_path,
@@ -249,12 +248,24 @@ def raise_tagged(exc: BaseException) -> None:
     raise cls(match.group(2)) from exc
 
 
-def _tagged(exc: ScoringError) -> ScoringError:
+def _tagged(exc: ScoringError) -> LakehouseError:
     """The same error with a tag that survives Spark's wrapping (one line of text)."""
+    cls = type(exc) if isinstance(exc, LakehouseError) else LakehouseError
     message = " ".join(str(exc).split())
-    new = type(exc).__new__(type(exc))
-    Exception.__init__(new, f"[spark_scoring:{type(exc).__name__}] {message}")
-    return new
+    return cls(f"[spark_scoring:{cls.__name__}] {message}")
+
+
+def committed_version(path: str, write_id: str, after: int | None) -> int | None:
+    """The version of the commit carrying `write_id` (newer than `after`), or None."""
+    if not table_exists(path):
+        return None
+    table = open_table(path)
+    latest = table.version()
+    start = -1 if after is None else after
+    for entry in table.history(max(latest - start, 1)):
+        if entry.get(WRITE_ID_KEY) == write_id or write_id in str(entry.get("userMetadata", "")):
+            return int(entry["version"])
+    return None
 
 
 # --------------------------------------------------------------------------- the DataSource
@@ -536,7 +547,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
                         open_files[key] = target
                     target.write(rows.select([f.name for f in data_fields]))
             adds = [f.close() for f in open_files.values()]
-        except BaseException:
+        except BaseException as exc:
             for f in open_files.values():  # leave nothing behind from a failed task
                 try:
                     if f.writer is not None:
@@ -544,6 +555,8 @@ class DeltaRsWriter(DataSourceArrowWriter):
                     fs.delete_file(f.location)
                 except Exception:  # noqa: S110 - best effort cleanup; the task error matters
                     pass
+            if isinstance(exc, ScoringError):
+                raise _tagged(exc) from exc
             raise
         return DeltaRsCommitMessage(adds=adds, rows=sum(a["rows"] for a in adds))
 
@@ -569,12 +582,10 @@ class DeltaRsWriter(DataSourceArrowWriter):
         if self.mode != "replace_partitions":
             return
         if not any(parts.spec_matches(spec, values, types) for spec in self.specs):
-            raise _tagged(
-                LakehouseError(
-                    f"a row of partition {dict(values)} falls outside the partitions being replaced "
-                    f"{self.specs}; replace_partitions only writes rows of the partitions it "
-                    "replaces: add the partition to `partitions` or filter the rows"
-                )
+            raise LakehouseError(
+                f"a row of partition {dict(values)} falls outside the partitions being replaced "
+                f"{self.specs}; replace_partitions only writes rows of the partitions it "
+                "replaces: add the partition to `partitions` or filter the rows"
             )
 
     # ---- driver
@@ -585,7 +596,17 @@ class DeltaRsWriter(DataSourceArrowWriter):
         except ScoringError as exc:
             raise _tagged(exc) from exc
         except Exception as exc:
+            # A failure after the commit landed (e.g. in a post-commit checkpoint hook) is
+            # not a failed write: the data is published and abort() must not delete it.
+            if self._landed():
+                return
             raise _tagged(LakehouseError(f"the Delta commit to {self.table_name!r} failed: {exc}")) from exc
+
+    def _landed(self) -> bool:
+        try:
+            return committed_version(self.path, self.write_id, self.expected_version) is not None
+        except Exception:
+            return False
 
     def _commit(self, messages: list[DeltaRsCommitMessage | None]) -> None:
         from deltalake import Schema as DeltaSchema
@@ -692,15 +713,15 @@ class DeltaRsWriter(DataSourceArrowWriter):
         )
 
     def abort(self, messages: list[DeltaRsCommitMessage | None]) -> None:
+        if self._landed():  # never delete files a commit references
+            return
         fs, _ = filesystem_for(self.path)
         for message in messages:
             if message is None:
                 continue
             for add in message.adds:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     fs.delete_file(add["location"])
-                except FileNotFoundError:
-                    pass
 
 
 def _metrics(files: int, removed: int, rows: int) -> dict[str, str]:

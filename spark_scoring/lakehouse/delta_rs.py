@@ -337,22 +337,19 @@ class DeltaRsLakehouse(Lakehouse):
 
     def _find_write(self, path: str, table: str, write_id: str, expected_version: int | None) -> WriteResult:
         """The commit carrying `write_id` (commit() may have run in another Python process)."""
-        delta_table = ds.open_table(path, table=table)
-        latest = delta_table.version()
-        start = -1 if expected_version is None else expected_version
-        for entry in delta_table.history(max(latest - start, 1)):
-            if commit_metadata(entry).get(ds.WRITE_ID_KEY) == write_id:
-                metrics = entry.get("operationMetrics") or {}
-                version = int(entry["version"])
-                log.info("committed version %s of %s (write %s)", version, table, write_id)
-                return WriteResult(
-                    version=version,
-                    files_added=int(metrics.get("numFiles", 0)),
-                    rows_written=int(metrics["numOutputRows"]) if "numOutputRows" in metrics else None,
-                )
-        raise LakehouseError(
-            f"the write to {table!r} finished but no commit carries its write id {write_id}; "
-            f"inspect history() of the table (latest version {latest})"
+        version = ds.committed_version(path, write_id, expected_version)
+        if version is None:
+            raise LakehouseError(
+                f"the write to {table!r} finished but no commit carries its write id {write_id}; "
+                "inspect history() of the table"
+            )
+        entry = ds.open_table(path, version, table=table).history(1)[0]
+        metrics = entry.get("operationMetrics") or {}
+        log.info("committed version %s of %s (write %s)", version, table, write_id)
+        return WriteResult(
+            version=version,
+            files_added=int(metrics.get("numFiles", 0)),
+            rows_written=int(metrics["numOutputRows"]) if "numOutputRows" in metrics else None,
         )
 
 
