@@ -476,7 +476,6 @@ def compare_versions(
         UsageError: a version does not exist, the key cannot be found, or the table has no
             column to measure.
     """
-    from pyspark.sql import functions as F
 
     lh = _lakehouse(spark, engine)
     old_v = _resolve_version(lh, table, old_version)
@@ -494,17 +493,41 @@ def compare_versions(
 
     measure_name, old_value = _measure(old_df, measure, table)
     _, new_value = _measure(new_df, measure, table)
+    # Every statistic below reads these two narrow frames (key, partition, one double,
+    # lineage): cached once instead of scanning the table (and its embeddings) per statistic.
+    old_c = _compact(old_df, keys, parts, old_value).persist()
+    new_c = _compact(new_df, keys, parts, new_value).persist()
+    try:
+        return _compare(table, old_v, new_v, keys, key_source, measure_name, old_c, new_c, bins)
+    finally:
+        old_c.unpersist()
+        new_c.unpersist()
+
+
+def _compare(
+    table: str,
+    old_v: int,
+    new_v: int,
+    keys: list[str],
+    key_source: str,
+    measure_name: str,
+    old_c: DataFrame,
+    new_c: DataFrame,
+    bins: int,
+) -> VersionComparison:
+    from pyspark.sql import functions as F
 
     # Row-level diff by key, computed in Spark; only per-partition counts come back.
     def side(df: DataFrame, tag: str) -> DataFrame:
         cols = [F.col(k) for k in keys]
-        cols += [F.lit(True).alias(f"__in_{tag}"), _partition_label(parts).alias(f"__part_{tag}")]
-        for lineage in ("run_id", "scored_at", "input_hash"):
-            value = F.col(lineage) if lineage in df.columns else F.lit(None).cast("string")
-            cols.append(value.alias(f"__{lineage}_{tag}"))
+        cols += [F.lit(True).alias(f"__in_{tag}"), F.col(_PARTITION_COL).alias(f"__part_{tag}")]
+        cols += [
+            F.col(f"__{name}").alias(f"__{name}_{tag}")
+            for name in ("run_id", "scored_at", "input_hash")
+        ]
         return df.select(*cols)
 
-    joined = side(old_df, "o").join(side(new_df, "n"), on=keys, how="full_outer")
+    joined = side(old_c, "o").join(side(new_c, "n"), on=keys, how="full_outer")
     same = F.col("__run_id_o").eqNullSafe(F.col("__run_id_n")) & F.col("__scored_at_o").eqNullSafe(
         F.col("__scored_at_n")
     )
@@ -537,9 +560,9 @@ def compare_versions(
             counts[cat] = 0
     counts = counts[["added", "removed", "rescored", "unchanged"]].astype(int)
 
-    old_vals = _collect_values(old_df, old_value, parts)
-    new_vals = _collect_values(new_df, new_value, parts)
-    by_partition = _partition_stats(old_df, new_df, parts, old_vals, new_vals, bins).join(
+    old_vals = _collect_values(old_c)
+    new_vals = _collect_values(new_c)
+    by_partition = _partition_stats(old_c, new_c, old_vals, new_vals, bins).join(
         counts, how="outer"
     )
     by_partition = by_partition.fillna({c: 0 for c in _PARTITION_COUNTS})
@@ -588,7 +611,7 @@ def compare_versions(
         psi=psi(old_vals[_VALUE_COL], new_vals[_VALUE_COL], bins=bins),
         ks=ks,
         ks_pvalue=_ks_pvalue(old_vals[_VALUE_COL], new_vals[_VALUE_COL], ks),
-        label_mix=_label_mix(old_df, new_df),
+        label_mix=_label_mix(old_c, new_c),
         by_partition=by_partition,
     )
 
@@ -675,28 +698,36 @@ def _partition_label(parts: Sequence[str]) -> Column:
     return F.concat_ws("/", *pieces)
 
 
-def _scored_rows(df: DataFrame) -> DataFrame:
+def _compact(df: DataFrame, keys: Sequence[str], parts: Sequence[str], value: Column) -> DataFrame:
+    """The columns the statistics need: keys, partition label, the measure (null where the row
+    failed), a failed flag, lineage, and the label of classification tables."""
     from pyspark.sql import functions as F
 
-    return df.where(F.col("error").isNull()) if "error" in df.columns else df
+    failed = F.col("error").isNotNull() if "error" in df.columns else F.lit(False)
+    cols = [F.col(k) for k in keys]
+    cols += [
+        _partition_label(parts).alias(_PARTITION_COL),
+        F.when(~failed, value).alias(_VALUE_COL),
+        failed.cast("int").alias("__failed"),
+    ]
+    for name in ("run_id", "scored_at", "input_hash"):
+        column = F.col(name) if name in df.columns else F.lit(None).cast("string")
+        cols.append(column.alias(f"__{name}"))
+    if "label" in df.columns:
+        cols.append(F.when(~failed, F.col("label")).alias("__label"))
+    return df.select(*cols)
 
 
-def _collect_values(df: DataFrame, value: Column, parts: Sequence[str]) -> pd.DataFrame:
-    """(partition label, value) of every row that scored, as pandas: 16 bytes a row."""
-    pdf = (
-        _scored_rows(df)
-        .select(_partition_label(parts).alias(_PARTITION_COL), value.alias(_VALUE_COL))
-        .where(f"{_VALUE_COL} IS NOT NULL")
-        .toPandas()
-    )
+def _collect_values(compact: DataFrame) -> pd.DataFrame:
+    """(partition label, measure) of every row that scored, as pandas: 16 bytes a row."""
+    pdf = compact.where(f"{_VALUE_COL} IS NOT NULL").select(_PARTITION_COL, _VALUE_COL).toPandas()
     pdf[_VALUE_COL] = pdf[_VALUE_COL].astype(float)
     return pdf
 
 
 def _partition_stats(
-    old_df: DataFrame,
-    new_df: DataFrame,
-    parts: Sequence[str],
+    old_c: DataFrame,
+    new_c: DataFrame,
     old_vals: pd.DataFrame,
     new_vals: pd.DataFrame,
     bins: int,
@@ -704,15 +735,14 @@ def _partition_stats(
     from pyspark.sql import functions as F
 
     def rows(df: DataFrame, side: str) -> pd.DataFrame:
-        failed = F.col("error").isNotNull().cast("int") if "error" in df.columns else F.lit(0)
         pdf = (
-            df.groupBy(_partition_label(parts).alias(_PARTITION_COL))
-            .agg(F.count(F.lit(1)).alias(f"rows_{side}"), F.sum(failed).alias(f"failed_{side}"))
+            df.groupBy(_PARTITION_COL)
+            .agg(F.count(F.lit(1)).alias(f"rows_{side}"), F.sum("__failed").alias(f"failed_{side}"))
             .toPandas()
         )
         return pdf.set_index(_PARTITION_COL)
 
-    stats = rows(old_df, "old").join(rows(new_df, "new"), how="outer")
+    stats = rows(old_c, "old").join(rows(new_c, "new"), how="outer")
     old_groups = dict(tuple(old_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
     new_groups = dict(tuple(new_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
     empty = np.array([], dtype=float)
@@ -729,17 +759,17 @@ def _partition_stats(
     return stats.join(pd.DataFrame.from_dict(records, orient="index"), how="outer")
 
 
-def _label_mix(old_df: DataFrame, new_df: DataFrame) -> pd.DataFrame | None:
+def _label_mix(old_c: DataFrame, new_c: DataFrame) -> pd.DataFrame | None:
     """Counts and shares per label (rows that scored) in both versions; None without `label`."""
-    if "label" not in old_df.columns or "label" not in new_df.columns:
+    if "__label" not in old_c.columns or "__label" not in new_c.columns:
         return None
 
     def counts(df: DataFrame, name: str) -> pd.Series:
-        pdf = _scored_rows(df).where("label IS NOT NULL").groupBy("label").count().toPandas()
-        return pdf.set_index("label")["count"].rename(name)
+        pdf = df.where("__label IS NOT NULL").groupBy("__label").count().toPandas()
+        return pdf.set_index("__label")["count"].rename(name)
 
     mix = (
-        pd.concat([counts(old_df, "count_old"), counts(new_df, "count_new")], axis=1)
+        pd.concat([counts(old_c, "count_old"), counts(new_c, "count_new")], axis=1)
         .fillna(0)
         .astype(int)
     )
@@ -855,7 +885,7 @@ def drift_history(
     for v in versions:
         df = lh.read(table, v)
         name, value = _measure(df, measure, table)
-        vals = _collect_values(df, value, [])[_VALUE_COL].to_numpy()
+        vals = _collect_values(_compact(df, [], [], value))[_VALUE_COL].to_numpy()
         info = history.get(v)
         meta = (info.metadata or {}) if info else {}
         records.append(
@@ -974,7 +1004,7 @@ def plot_score_histogram(
     for v in chosen:
         df = lh.read(table, v)
         name, value = _measure(df, measure, table)
-        series.append((v, _collect_values(df, value, [])[_VALUE_COL].to_numpy()))
+        series.append((v, _collect_values(_compact(df, [], [], value))[_VALUE_COL].to_numpy()))
     values = np.concatenate([s for _, s in series]) if series else np.array([])
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     if lo == hi:  # a constant measure (e.g. unit-norm embeddings) still gets a visible bar
@@ -1022,17 +1052,26 @@ def plot_drift(
     max_versions: int = 30,
     measure: str = "auto",
     bins: int = 10,
+    history: pd.DataFrame | None = None,
     spark: SparkSession | None = None,
     engine: str = "auto",
 ) -> Figure:
     """PSI of each version against the one before it, over the table's history (nights).
 
     Dashed lines mark the usual thresholds: 0.1 (moderate shift) and 0.25 (major shift).
-    See `drift_history` for the numbers behind the plot.
+
+    Args:
+        table: path or catalog name of the scored output table (named in the title).
+        max_versions, measure, bins: as in `drift_history`.
+        history: a `drift_history(table)` result to draw instead of reading the table again.
     """
-    hist = drift_history(
-        table, max_versions=max_versions, measure=measure, bins=bins, spark=spark, engine=engine
-    )
+    hist = history
+    if hist is None:
+        hist = drift_history(
+            table, max_versions=max_versions, measure=measure, bins=bins, spark=spark, engine=engine
+        )
+    if hist.empty or not {"version", "psi", "timestamp"} <= set(hist.columns):
+        raise UsageError("history must be the DataFrame returned by drift_history(table)")
     data = hist.dropna(subset=["psi"])
     fig, ax = _new_figure()
     if data.empty:

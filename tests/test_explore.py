@@ -596,6 +596,8 @@ def test_plot_drift_and_throughput(spark, tables):
     hist = explore.drift_history(tables.embedding, spark=spark)
     assert list(line.get_xdata()) == [1, 2]
     assert list(line.get_ydata()) == pytest.approx(hist["psi"][1:].tolist())
+    again = explore.plot_drift(tables.embedding, history=hist).axes[0].get_lines()[0]
+    assert list(again.get_ydata()) == list(line.get_ydata())
 
     runs = explore.list_runs(tables.embedding, tracking_uri=tables.tracking_uri, spark=spark)
     tp = explore.plot_throughput(runs)
