@@ -610,6 +610,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
 
     def _commit(self, messages: list[DeltaRsCommitMessage | None]) -> None:
         from deltalake import Schema as DeltaSchema
+        from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import (
             AddAction,
             CommitProperties,
@@ -675,7 +676,25 @@ class DeltaRsWriter(DataSourceArrowWriter):
         check_supported(table, self.table_name)
         table_schema = spark_schema(table)
         table_parts = partition_columns(table)
-        properties = CommitProperties(custom_metadata=custom, app_transactions=transactions)
+
+        def pinned_commit(actions: list, mode: str, schema, partition_by: list[str]) -> None:
+            # No retries: delta-rs may then only write version expected+1. Had another writer
+            # taken it between the check above and now, a retry would land our removes on top
+            # of rows we never saw (delta-rs does not detect such conflicts): fail instead.
+            properties = CommitProperties(
+                custom_metadata=custom, app_transactions=transactions, max_commit_retries=0
+            )
+            try:
+                table.create_write_transaction(
+                    actions, mode=mode, schema=schema, partition_by=partition_by or None,
+                    commit_properties=properties,
+                )
+            except CommitFailedError as exc:
+                now = open_table(self.path).version()
+                raise ConcurrentRunError(
+                    f"output table {self.table_name!r} moved from version {self.expected_version} to "
+                    f"{now} while this run was committing; another run committed; rerun"
+                ) from exc
 
         if self.mode == "overwrite":
             custom["operationMetrics"] = _metrics(len(adds), len(active_files(table)), rows)
@@ -686,15 +705,12 @@ class DeltaRsWriter(DataSourceArrowWriter):
                 create_table_with_add_actions(
                     self.path, schema, adds, mode="overwrite", partition_by=self.partition_by or None,
                     configuration=dict(table.metadata().configuration or {}),
-                    commit_properties=properties,
+                    commit_properties=CommitProperties(custom_metadata=custom, app_transactions=transactions),
                 )
                 return
             # delta-rs turns mode="overwrite" without filters into removes of every active
             # file of the loaded (= expected) version, in the same commit as the adds.
-            table.create_write_transaction(
-                adds, mode="overwrite", schema=schema, partition_by=self.partition_by or None,
-                commit_properties=properties,
-            )
+            pinned_commit(adds, "overwrite", schema, self.partition_by)
             return
 
         removes = []
@@ -707,10 +723,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
             ]
         custom["operationMetrics"] = _metrics(len(adds), len(removes), rows)
         schema = DeltaSchema.from_arrow(to_arrow_schema(table_schema, timezone="UTC"))
-        table.create_write_transaction(
-            [*adds, *removes], mode="append", schema=schema, partition_by=table_parts or None,
-            commit_properties=properties,
-        )
+        pinned_commit([*adds, *removes], "append", schema, table_parts)
 
     def abort(self, messages: list[DeltaRsCommitMessage | None]) -> None:
         if self._landed():  # never delete files a commit references
