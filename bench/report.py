@@ -235,7 +235,9 @@ def markdown(out: dict[str, Any]) -> str:
             "",
             f"Model: {growth['model']} (this part measures IO, planning and commit, not model compute). "
             f"Each incremental step appends its new rows as a new date partition, {growth['late_share']:.0%} of "
-            "them as late rows into an old partition (which is then re-read; its other rows are carried over).",
+            "them as late rows into an old partition (which is then re-read; its other rows are carried over). "
+            "The 100% step rewrites the whole source with fresh texts (a new source version in which every "
+            "row is new) and runs `pipeline.run(cfg, full_refresh=True)`.",
             "",
             "| run | new rows (+ late) | status | rows scored | rows carried | wall s | plan s | load s | score s | commit s |",
             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

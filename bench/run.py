@@ -236,7 +236,11 @@ def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, A
     timed_run("initial full run", None, base, 0, full=False)
     for i, fraction in enumerate(GROWTH_FRACTIONS):
         if fraction == 1.0:
-            timed_run("100% (full refresh)", 1.0, 0, 0, full=True)
+            # Every row new: the source is rewritten with fresh texts (a new source version;
+            # a full refresh at an already-committed version is skipped as a duplicate).
+            fresh = data.source_frame(data.review_texts(base, seed=300), days)
+            data.write_source(src, fresh, mode="overwrite")
+            timed_run("100% (full refresh)", 1.0, base, 0, full=True)
             continue
         new_total = int(round(base * fraction))
         late = int(round(new_total * LATE_SHARE)) if new_total else 0
