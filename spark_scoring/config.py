@@ -36,12 +36,40 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+def _at_least(low: float):
+    def check(value: float) -> str | None:
+        return None if value >= low else f"must be >= {low}, got {value}"
+
+    return {"check": check}
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"must be between 0 and 1, got {value}"
+
+
+def _device(value: str) -> str | None:
+    return None if _DEVICE_RE.match(value) else f"{value!r} is not allowed; expected auto, cpu, cuda or cuda:N"
+
+
+def _name(value: str) -> str | None:
+    if _NAME_RE.match(value):
+        return None
+    return (
+        f"{value!r} is not allowed; use letters, digits, '_', '.' and '-' "
+        "(it names the job's MLflow runs and Delta app id)"
+    )
+
+
+def _not_blank(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """The Delta table to score."""
 
-    table: str
-    key: str
+    table: str = field(metadata={"check": _not_blank})
+    key: str = field(metadata={"check": _not_blank})
     partition_by: tuple[str, ...] = ()
     passthrough: tuple[str, ...] = ()
 
@@ -54,8 +82,8 @@ class BatchConfig:
     `max_rows` rows or `max_tokens` padded tokens (rows x longest row) are reached.
     """
 
-    max_rows: int = 64
-    max_tokens: int = 16384
+    max_rows: int = field(default=64, metadata=_at_least(1))
+    max_tokens: int = field(default=16384, metadata=_at_least(1))
     sort_by_length: bool = True
 
 
@@ -63,12 +91,12 @@ class BatchConfig:
 class ModelConfig:
     """The model, its task, and how to run it."""
 
-    uri: str
-    task: TaskName
-    input: tuple[str, ...]
+    uri: str = field(metadata={"check": _not_blank})
+    task: TaskName = field()
+    input: tuple[str, ...] = field()
     options: Mapping[str, Any] = field(default_factory=dict)
     batch: BatchConfig = field(default_factory=BatchConfig)
-    device: Device = "auto"
+    device: Device = field(default="auto", metadata={"check": _device})
     precision: Precision = "auto"
     on_change: OnChange = "rescore"
 
@@ -83,15 +111,15 @@ class OutputConfig:
     """Where scored rows go. The output is always partitioned like the source, so that a
     changed source partition maps to exactly one output partition to replace."""
 
-    table: str
+    table: str = field(metadata={"check": _not_blank})
 
 
 @dataclass(frozen=True)
 class ErrorsConfig:
     """The error budget checked before anything is published."""
 
-    max_error_rate: float = 0.01
-    max_errors: int | None = None
+    max_error_rate: float = field(default=0.01, metadata={"check": _fraction})
+    max_errors: int | None = field(default=None, metadata=_at_least(0))
     quarantine_table: str | None = None
 
 
@@ -124,7 +152,7 @@ class LakehouseConfig:
 class RunConfig:
     """Run-level knobs."""
 
-    num_partitions: int | None = None
+    num_partitions: int | None = field(default=None, metadata=_at_least(1))
     progress: bool = True
 
 
@@ -132,7 +160,7 @@ class RunConfig:
 class JobConfig:
     """A whole scoring job."""
 
-    name: str
+    name: str = field(metadata={"check": _name})
     source: SourceConfig
     model: ModelConfig
     output: OutputConfig
@@ -198,11 +226,11 @@ def config_from_dict(
     for item in overrides:
         _apply_override(data, item, problems)
     cfg = _build(JobConfig, data, "", problems)
-    if cfg is not None and not problems:
+    if isinstance(cfg, JobConfig):
         _check_semantics(cfg, problems)
     if problems:
         raise ConfigError(problems, source)
-    assert cfg is not None  # invariant: no problems means it was built
+    assert isinstance(cfg, JobConfig)  # invariant: no problems means it was built
     return cfg
 
 
@@ -287,9 +315,16 @@ def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             sub = _join(path, name)
             if name in value:
                 built = _build(hints[name], value[name], sub, problems)
-                if built is _MISSING:
+                if built is not _MISSING and "check" in f.metadata and built is not None:
+                    problem = f.metadata["check"](built)
+                    if problem:  # well-typed but out of range: keep it so later checks run
+                        problems.append(f"{sub}: {problem}")
+                if built is not _MISSING:
+                    kwargs[name] = built
+                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     ok = False
-                kwargs[name] = built
+                # else: the problem is recorded and the default stands in, so that the
+                # cross-field checks still run and every problem is reported at once.
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 problems.append(f"{sub}: required key is missing ({_describe(hints[name])})")
                 ok = False
@@ -333,10 +368,11 @@ def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         if not isinstance(value, Mapping):
             problems.append(f"{where}: expected a mapping, got {value!r}")
             return _MISSING
+        # A plain dict (not a read-only proxy): config parts are pickled into Spark jobs.
         args = get_args(tp)
         if args and args[1] is str:
-            return types.MappingProxyType({str(k): _scalar_str(v) for k, v in value.items()})
-        return types.MappingProxyType(dict(value))
+            return {str(k): _scalar_str(v) for k, v in value.items()}
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -367,16 +403,8 @@ def _join(path: str, key: str) -> str:
 
 def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
     """Cross-field rules that types alone cannot express."""
-    if not _NAME_RE.match(cfg.name):
-        problems.append(
-            f"name: {cfg.name!r} is not allowed; use letters, digits, '_', '.' and '-' "
-            "(it names the job's MLflow runs and Delta app id)"
-        )
     src, model = cfg.source, cfg.model
-    for label, value in (("source.table", src.table), ("output.table", cfg.output.table), ("model.uri", model.uri)):
-        if not value.strip():
-            problems.append(f"{label}: must not be empty")
-    if src.table.strip() and src.table.rstrip("/") == cfg.output.table.rstrip("/"):
+    if src.table.rstrip("/") == cfg.output.table.rstrip("/"):
         problems.append("output.table: must differ from source.table (scoring never rewrites its input)")
     if not model.input:
         problems.append("model.input: give at least one input column")
@@ -396,20 +424,6 @@ def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
         problems.append(f"source.key: {src.key!r} is also a partition column; the key must be a row-level column")
     if len(set(src.partition_by)) != len(src.partition_by):
         problems.append(f"source.partition_by: duplicate columns in {list(src.partition_by)}")
-    if not _DEVICE_RE.match(model.device):
-        problems.append(f"model.device: {model.device!r} is not allowed; expected auto, cpu, cuda or cuda:N")
-    b = model.batch
-    if b.max_rows < 1:
-        problems.append(f"model.batch.max_rows: must be >= 1, got {b.max_rows}")
-    if b.max_tokens < 1:
-        problems.append(f"model.batch.max_tokens: must be >= 1, got {b.max_tokens}")
-    e = cfg.errors
-    if not 0.0 <= e.max_error_rate <= 1.0:
-        problems.append(f"errors.max_error_rate: must be between 0 and 1, got {e.max_error_rate}")
-    if e.max_errors is not None and e.max_errors < 0:
-        problems.append(f"errors.max_errors: must be >= 0, got {e.max_errors}")
-    if cfg.run.num_partitions is not None and cfg.run.num_partitions < 1:
-        problems.append(f"run.num_partitions: must be >= 1, got {cfg.run.num_partitions}")
     # Imported here: the task registry pulls in model code that the config must not need
     # just to be parsed.
     from spark_scoring.models.tasks import task_option_problems

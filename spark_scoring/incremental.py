@@ -75,7 +75,8 @@ class Plan:
     Attributes:
         kind: "full" (score everything, overwrite), "incremental" (replace `partitions`),
             "backfill" (rescore every row of `partitions`), "nothing" (no commit).
-        partitions: the source/output partitions affected (Delta string form); None: all.
+        partitions: the source/output partitions affected (Delta string form); None: the
+            whole table (a full plan, or an incremental plan on an unpartitioned table).
         since_version: the watermark the plan starts from (None: from scratch).
         source_version: the pinned source version.
         output_version: the output version the plan was made against (None: no table).
@@ -90,9 +91,9 @@ class Plan:
     reason: str = ""
 
     @property
-    def mode(self) -> str:
+    def write_mode(self) -> str:
         """The lakehouse write mode this plan commits with."""
-        return "overwrite" if self.kind == "full" else "replace_partitions"
+        return "overwrite" if self.partitions is None else "replace_partitions"
 
 
 def changed_partitions(
@@ -145,14 +146,14 @@ def make_plan(
         return Plan("full", reason="--full-refresh: rescoring every row", **base)
     if not output_exists:
         return Plan("full", reason="output table does not exist yet: scoring every row", **base)
-    if watermark is None and previous is None:
+    if previous is None and watermark is None:
         return Plan("full", reason="no earlier nightly run of this job on the output table: scoring every row", **base)
 
-    since = watermark
-    if watermark is None:
-        # An earlier run exists, but under another model identity: the model changed.
-        assert previous is not None  # invariant: checked above
-        old_identity = previous.metadata.get(META + "model_identity", "?")
+    old_identity = previous.metadata.get(META + "model_identity") if previous is not None else identity
+    if old_identity != identity:
+        # The last nightly run used another model identity. A watermark recorded under the
+        # current identity (if any) is stale: other models scored rows since then.
+        assert previous is not None  # invariant: old_identity came from it
         old_uri = previous.metadata.get(META + "model_uri", "?")
         if on_change == "fail":
             raise ScoringError(
@@ -163,9 +164,16 @@ def make_plan(
             )
         if on_change == "rescore":
             return Plan("full", reason=f"model changed (was {old_uri}): rescoring every row (model.on_change=rescore)", **base)
-        since = int(previous.metadata.get(META + "source_version", -1))
-        if since < 0:
+        since = _int(previous.metadata.get(META + "source_version"))
+        if since is None:
             return Plan("full", reason="model changed and the last run's source version is unknown: scoring every row", **base)
+    elif watermark is not None:
+        since = watermark
+    else:
+        assert previous is not None  # invariant: both None returned above
+        since = _int(previous.metadata.get(META + "source_version"))
+        if since is None:
+            return Plan("full", reason="the last run's source version is unknown: scoring every row", **base)
 
     assert since is not None
     if since > source_version:
@@ -181,15 +189,21 @@ def make_plan(
         return Plan(
             "nothing", since_version=since, reason=f"versions {since + 1}..{source_version} changed no data files", **base
         )
-    if not partition_by:
-        return Plan("full", since_version=since, reason="unpartitioned source changed: re-planning the whole table", **base)
     return Plan(
         "incremental",
         since_version=since,
-        partitions=tuple(parts),
+        # An unpartitioned table is one partition: compare every key, rewrite the table.
+        partitions=tuple(parts) if partition_by else None,
         reason=f"{len(parts)} partition(s) changed in source versions {since + 1}..{source_version}",
         **base,
     )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def split_rows(

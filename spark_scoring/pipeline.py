@@ -33,7 +33,7 @@ from pyspark.sql.types import ArrayType, StringType, StructType
 
 from spark_scoring import incremental as inc
 from spark_scoring.config import JobConfig
-from spark_scoring.errors import ErrorBudgetExceeded, ScoringError, SchemaDriftError, UsageError
+from spark_scoring.errors import ErrorBudgetExceeded, ScoringError, SchemaDriftError, TrackingError, UsageError
 from spark_scoring.incremental import INPUT_HASH, META, Plan
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
@@ -413,11 +413,24 @@ def _execute(
         try:
             _score_and_commit(ctx, plan, resolved, identity, app, to_score, carried, phases, result, tracker,
                               mode=mode, record_watermark=record_watermark)
-        finally:
+        except BaseException:
             result.seconds = phases.total()
-            tracker.log_metrics(_metrics(result))
-            tracker.log_report(result.to_dict())
+            _record(tracker, result, failing=True)
+            raise
+        result.seconds = phases.total()
+        _record(tracker, result, failing=False)
     return result
+
+
+def _record(tracker: RunTracker, result: RunResult, *, failing: bool) -> None:
+    """Log the run's metrics and report; never let a tracking failure hide the run's own error."""
+    try:
+        tracker.log_metrics(_metrics(result))
+        tracker.log_report(result.to_dict())
+    except TrackingError:
+        if not failing:
+            raise
+        log.warning("could not record the failed run's metrics in MLflow", exc_info=True)
 
 
 def _split(ctx: _Context, plan: Plan, resolved: ResolvedModel) -> tuple[DataFrame, DataFrame | None]:
@@ -496,7 +509,7 @@ def _score_and_commit(
             written = lake.write(
                 final,
                 cfg.output.table,
-                mode="overwrite" if plan.kind == "full" else "replace_partitions",
+                mode=plan.write_mode,
                 partition_by=cfg.source.partition_by,
                 partitions=plan.partitions or (),
                 expected_version=ctx.output_version if ctx.output_exists else None,
@@ -504,6 +517,10 @@ def _score_and_commit(
                 txn_version=ctx.source_version if record_watermark else None,
                 metadata=metadata,
             )
+        if written.version is None:  # the lakehouse found this exact commit already made
+            result.status = "nothing-to-do"
+            result.plan += "; skipped: this source version was already committed for this model"
+            return
         result.output_version = written.version
         result.status = "published"
         tracker.set_output_version(written.version)

@@ -48,6 +48,16 @@ _STANDARD_COMMIT_KEYS = frozenset(
 _registered: weakref.WeakSet[SparkSession] = weakref.WeakSet()
 
 
+def activate(spark: SparkSession) -> None:
+    """Make `spark` the JVM's active session in the calling thread.
+
+    Spark looks Python data sources up in the JVM's *active* session, which is kept per
+    thread: a read or write from a thread that never touched the session (a scheduler's
+    worker thread, two runs in parallel threads) would fail with DATA_SOURCE_NOT_FOUND.
+    """
+    SparkSession._get_j_spark_session_class(spark._jvm).setActiveSession(spark._jsparkSession)  # type: ignore[attr-defined]
+
+
 def register_data_source(spark: SparkSession) -> None:
     """Register the delta-rs Python data source with `spark` (once per session)."""
     if spark in _registered:
@@ -223,6 +233,7 @@ class DeltaRsLakehouse(Lakehouse):
             schema = StructType([by_name[c] for c in columns])
         options = self._read_options(table, version, partitions, columns)
         log.debug("delta-rs read of %s at version %s (partitions %s)", table, version, partitions)
+        activate(self.spark)
         return self.spark.read.format(ds.DATA_SOURCE_NAME).schema(schema).options(**options).load()
 
     # ------------------------------------------------------------------ write
@@ -329,6 +340,7 @@ class DeltaRsLakehouse(Lakehouse):
             options["app_id"] = app_id
             options["txn_version"] = str(int(txn_version))  # type: ignore[arg-type]
         try:
+            activate(df.sparkSession)
             df.write.format(ds.DATA_SOURCE_NAME).options(**options).mode("append").save()
         except Exception as exc:
             ds.raise_tagged(exc)

@@ -1,0 +1,84 @@
+"""The CLI contract: commands, printed output and exit codes (0 ok, 1 run failed, 2 usage/config)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import yaml
+from deltalake import DeltaTable
+
+from spark_scoring.cli import main, parse_partition
+from tests.pipeline_helpers import job_config, source_rows, write_source
+
+
+def config_file(tmp_path, cfg) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(cfg.to_yaml())
+    return str(path)
+
+
+def test_run_status_backfill_exit_codes(spark, tmp_path, minilm_dir, capsys):
+    write_source(tmp_path / "source", source_rows(range(1, 11), "2026-01-01"))
+    path = config_file(tmp_path, job_config(tmp_path, minilm_dir))
+
+    assert main(["run", path, "--dry-run"]) == 0
+    assert "dry-run" in capsys.readouterr().out
+    assert not DeltaTable.is_deltatable(str(tmp_path / "output"))
+
+    assert main(["run", path]) == 0
+    out = capsys.readouterr().out
+    assert "rows scored" in out and "10" in out and "published" in out
+
+    assert main(["status", path, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["watermark"] == 0 and status["pending_source_versions"] == 0
+    assert status["last_runs"][0]["rows_scored"] == 10
+
+    assert main(["run", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "nothing-to-do"
+
+    assert main(["backfill", path, "--partition", "day=2026-01-01", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_scored"] == 10
+
+    assert main(["backfill", path, "--from", "2026-01-01"]) == 2
+    assert "both --from and --to" in capsys.readouterr().err
+
+
+def test_failed_run_exits_1_and_publishes_nothing(spark, tmp_path, minilm_dir, capsys):
+    write_source(tmp_path / "source", pd.DataFrame({"id": [1, 2], "day": ["d", "d"], "lang": ["en", "en"], "text": [None, "ok"]}))
+    path = config_file(tmp_path, job_config(tmp_path, minilm_dir, errors={"max_error_rate": 0.0}))
+    assert main(["run", path]) == 1
+    err = capsys.readouterr().err
+    assert "over the error budget" in err and "Nothing was published" in err
+    assert not DeltaTable.is_deltatable(str(tmp_path / "output"))
+
+
+def test_config_and_usage_errors_exit_2(tmp_path, minilm_dir, capsys):
+    cfg = job_config(tmp_path, minilm_dir).to_dict()
+    cfg["model"]["task"] = "translate"
+    cfg["errors"]["max_error_rate"] = 7
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.task: 'translate' is not allowed" in err
+    assert "errors.max_error_rate: must be between 0 and 1, got 7" in err
+    assert main(["run"]) == 2
+    assert main(["register-model", "--path", "x", "--name", "n", "--task", "bogus"]) == 2
+
+
+def test_register_model_prints_the_registered_uri(tmp_path, minilm_dir, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["register-model", "--path", minilm_dir, "--name", "reviews", "--task", "embedding",
+                 "--alias", "champion", "--tracking-uri", uri])
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "models:/reviews/1"
+    version = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("reviews", "champion")
+    assert version.version == "1"
+
+
+def test_parse_partition():
+    assert parse_partition("a=1,b=x y") == {"a": "1", "b": "x y"}
+    assert parse_partition("a=__NULL__") == {"a": None}
