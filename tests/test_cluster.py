@@ -179,3 +179,13 @@ def test_second_run_has_nothing_to_do_and_publishes_nothing(first_run: FirstRun)
     assert after_table.version() == version_before
     after = after_table.to_pandas().sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(after.drop(columns=["embedding"]), before.drop(columns=["embedding"]))
+
+
+def test_spark_submit_passes_the_config_error_exit_code_through(first_run: FirstRun):
+    """A cron wrapper or scheduler only sees spark-submit's exit code: 2 must survive it."""
+    missing = first_run.workdir / "no-such-job.yaml"
+    proc = spark_submit(first_run.cluster, NIGHTLY, [str(missing)], conf=SUBMIT_CONF,
+                        name=f"{first_run.app_name}-bad-config", cwd=first_run.workdir, timeout=120)
+    assert proc.returncode == 2, _fail_message("expected exit code 2", proc.stdout, proc.stderr, first_run.cluster)
+    # spark-submit's PythonRunner merges the Python process's stderr into its own stdout
+    assert f"config file {str(missing)!r} does not exist" in proc.stdout + proc.stderr
