@@ -89,6 +89,9 @@ _RUN_METRICS = (
 #: Conventional PSI thresholds: below 0.1 stable, 0.1-0.25 moderate shift, above 0.25 major.
 PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
+#: Distribution statistics sample about this many rows per version beyond it (PSI and KS
+#: are stable long before that; collecting more only costs driver memory).
+DEFAULT_MAX_VALUES = 1_000_000
 
 _PARTITION_COL = "__partition"
 _VALUE_COL = "__value"
@@ -388,7 +391,8 @@ class VersionComparison:
     `rows_removed` (only in the old), `rows_rescored` (in both, written by another run or
     at another time: `run_id` or `scored_at` differ), `rows_unchanged` (in both, same run and
     time). Distribution statistics compare `measure` (the `score`, or the L2 norm of the
-    `embedding`) over rows that scored without error.
+    `embedding`) over rows that scored without error: `values_old` and `values_new` of them
+    (a sample when a version holds more than `max_values` rows).
 
     Attributes:
         label_mix: text-classification tables: one row per label with `count_old`,
@@ -413,6 +417,8 @@ class VersionComparison:
     failed_old: int
     failed_new: int
     measure: str
+    values_old: int
+    values_new: int
     psi: float
     ks: float
     ks_pvalue: float
@@ -434,6 +440,8 @@ class VersionComparison:
             "failed_old",
             "failed_new",
             "measure",
+            "values_old",
+            "values_new",
             "psi",
             "ks",
             "ks_pvalue",
@@ -454,6 +462,7 @@ def compare_versions(
     key: str | Sequence[str] | None = None,
     measure: str = "auto",
     bins: int = 10,
+    max_values: int | None = DEFAULT_MAX_VALUES,
     spark: SparkSession | None = None,
     engine: str = "auto",
 ) -> VersionComparison:
@@ -469,6 +478,9 @@ def compare_versions(
         measure: "auto" (`score` when the table has it, else the `embedding` L2 norm),
             "score", "embedding_norm", or the name of any numeric column.
         bins: quantile bins of the old distribution for the PSI.
+        max_values: the distribution statistics use a seeded random sample of about this
+            many rows per version when a version has more (None: every row). Row counts,
+            failures and the label mix are always exact.
         spark: session to use; None uses `get_spark()`.
         engine: lakehouse backend.
 
@@ -498,7 +510,9 @@ def compare_versions(
     old_c = _compact(old_df, keys, parts, old_value).persist()
     new_c = _compact(new_df, keys, parts, new_value).persist()
     try:
-        return _compare(table, old_v, new_v, keys, key_source, measure_name, old_c, new_c, bins)
+        return _compare(
+            table, old_v, new_v, keys, key_source, measure_name, old_c, new_c, bins, max_values
+        )
     finally:
         old_c.unpersist()
         new_c.unpersist()
@@ -514,6 +528,7 @@ def _compare(
     old_c: DataFrame,
     new_c: DataFrame,
     bins: int,
+    max_values: int | None,
 ) -> VersionComparison:
     from pyspark.sql import functions as F
 
@@ -560,9 +575,10 @@ def _compare(
             counts[cat] = 0
     counts = counts[["added", "removed", "rescored", "unchanged"]].astype(int)
 
-    old_vals = _collect_values(old_c)
-    new_vals = _collect_values(new_c)
-    by_partition = _partition_stats(old_c, new_c, old_vals, new_vals, bins).join(
+    old_agg, new_agg = _aggregate(old_c), _aggregate(new_c)
+    old_vals = _collect_values(old_c, old_agg, max_values)
+    new_vals = _collect_values(new_c, new_agg, max_values)
+    by_partition = _partition_stats(old_agg, new_agg, old_vals, new_vals, bins).join(
         counts, how="outer"
     )
     by_partition = by_partition.fillna({c: 0 for c in _PARTITION_COUNTS})
@@ -608,10 +624,12 @@ def _compare(
         failed_old=int(by_partition["failed_old"].sum()),
         failed_new=int(by_partition["failed_new"].sum()),
         measure=measure_name,
+        values_old=len(old_vals),
+        values_new=len(new_vals),
         psi=psi(old_vals[_VALUE_COL], new_vals[_VALUE_COL], bins=bins),
         ks=ks,
         ks_pvalue=_ks_pvalue(old_vals[_VALUE_COL], new_vals[_VALUE_COL], ks),
-        label_mix=_label_mix(old_c, new_c),
+        label_mix=_label_mix(old_agg, new_agg) if "__label" in old_c.columns else None,
         by_partition=by_partition,
     )
 
@@ -718,31 +736,63 @@ def _compact(df: DataFrame, keys: Sequence[str], parts: Sequence[str], value: Co
     return df.select(*cols)
 
 
-def _collect_values(compact: DataFrame) -> pd.DataFrame:
-    """(partition label, measure) of every row that scored, as pandas: 16 bytes a row."""
-    pdf = compact.where(f"{_VALUE_COL} IS NOT NULL").select(_PARTITION_COL, _VALUE_COL).toPandas()
+def _aggregate(compact: DataFrame) -> pd.DataFrame:
+    """Exact counts in one Spark job: rows, failed rows and scored rows per partition (and
+    per label for classification tables)."""
+    from pyspark.sql import functions as F
+
+    groups = [_PARTITION_COL] + (["__label"] if "__label" in compact.columns else [])
+    return (
+        compact.groupBy(*groups)
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum("__failed").alias("failed"),
+            F.count(_VALUE_COL).alias("measured"),
+        )
+        .toPandas()
+    )
+
+
+def _collect_values(compact: DataFrame, agg: pd.DataFrame, max_values: int | None) -> pd.DataFrame:
+    """(partition label, measure) of the rows that scored, as pandas (16 bytes a row); a
+    seeded random sample of about `max_values` of them when there are more."""
+    measured = int(agg["measured"].sum()) if not agg.empty else 0
+    rows = compact.where(f"{_VALUE_COL} IS NOT NULL").select(_PARTITION_COL, _VALUE_COL)
+    if max_values is not None and measured > max_values:
+        rows = rows.sample(fraction=max_values / measured, seed=17)
+    pdf = rows.toPandas()
     pdf[_VALUE_COL] = pdf[_VALUE_COL].astype(float)
     return pdf
 
 
+def _measured_values(
+    lh: Lakehouse, table: str, version: int, measure: str, max_values: int | None
+) -> tuple[str, np.ndarray]:
+    """(measure name, the measure of the rows of `version` that scored); a seeded sample of
+    about `max_values` of them when the version holds more rows (counted from the Delta log)."""
+    df = lh.read(table, version)
+    name, value = _measure(df, measure, table)
+    compact = _compact(df, [], [], value).select(_VALUE_COL).where(f"{_VALUE_COL} IS NOT NULL")
+    if max_values is not None:
+        counts = [f.num_records for f in lh.files(table, version)]
+        total = sum(counts) if None not in counts else compact.count()
+        if total > max_values:
+            compact = compact.sample(fraction=max_values / total, seed=17)
+    return name, compact.toPandas()[_VALUE_COL].astype(float).to_numpy()
+
+
 def _partition_stats(
-    old_c: DataFrame,
-    new_c: DataFrame,
+    old_agg: pd.DataFrame,
+    new_agg: pd.DataFrame,
     old_vals: pd.DataFrame,
     new_vals: pd.DataFrame,
     bins: int,
 ) -> pd.DataFrame:
-    from pyspark.sql import functions as F
+    def rows(agg: pd.DataFrame, side: str) -> pd.DataFrame:
+        per_part = agg.groupby(_PARTITION_COL)[["rows", "failed"]].sum()
+        return per_part.rename(columns={"rows": f"rows_{side}", "failed": f"failed_{side}"})
 
-    def rows(df: DataFrame, side: str) -> pd.DataFrame:
-        pdf = (
-            df.groupBy(_PARTITION_COL)
-            .agg(F.count(F.lit(1)).alias(f"rows_{side}"), F.sum("__failed").alias(f"failed_{side}"))
-            .toPandas()
-        )
-        return pdf.set_index(_PARTITION_COL)
-
-    stats = rows(old_c, "old").join(rows(new_c, "new"), how="outer")
+    stats = rows(old_agg, "old").join(rows(new_agg, "new"), how="outer")
     old_groups = dict(tuple(old_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
     new_groups = dict(tuple(new_vals.groupby(_PARTITION_COL)[_VALUE_COL]))
     empty = np.array([], dtype=float)
@@ -759,17 +809,14 @@ def _partition_stats(
     return stats.join(pd.DataFrame.from_dict(records, orient="index"), how="outer")
 
 
-def _label_mix(old_c: DataFrame, new_c: DataFrame) -> pd.DataFrame | None:
-    """Counts and shares per label (rows that scored) in both versions; None without `label`."""
-    if "__label" not in old_c.columns or "__label" not in new_c.columns:
-        return None
+def _label_mix(old_agg: pd.DataFrame, new_agg: pd.DataFrame) -> pd.DataFrame:
+    """Counts and shares per label (rows that scored) in both versions."""
 
-    def counts(df: DataFrame, name: str) -> pd.Series:
-        pdf = df.where("__label IS NOT NULL").groupBy("__label").count().toPandas()
-        return pdf.set_index("__label")["count"].rename(name)
+    def counts(agg: pd.DataFrame, name: str) -> pd.Series:
+        return agg.dropna(subset=["__label"]).groupby("__label")["rows"].sum().rename(name)
 
     mix = (
-        pd.concat([counts(old_c, "count_old"), counts(new_c, "count_new")], axis=1)
+        pd.concat([counts(old_agg, "count_old"), counts(new_agg, "count_new")], axis=1)
         .fillna(0)
         .astype(int)
     )
@@ -859,6 +906,7 @@ def drift_history(
     max_versions: int = 30,
     measure: str = "auto",
     bins: int = 10,
+    max_values: int | None = DEFAULT_MAX_VALUES,
     spark: SparkSession | None = None,
     engine: str = "auto",
 ) -> pd.DataFrame:
@@ -866,6 +914,8 @@ def drift_history(
 
     Whole-table distributions are compared (rows that scored), so a night that re-scored one
     partition out of thirty moves the index less than `compare_versions(...).by_partition`.
+
+    `measure`, `bins` and `max_values` are as in `compare_versions`.
 
     Returns:
         pandas DataFrame with `version`, `timestamp`, `previous_version`, `rows`, `mean`,
@@ -883,9 +933,7 @@ def drift_history(
     previous: tuple[int, np.ndarray] | None = None
     name = measure
     for v in versions:
-        df = lh.read(table, v)
-        name, value = _measure(df, measure, table)
-        vals = _collect_values(_compact(df, [], [], value))[_VALUE_COL].to_numpy()
+        name, vals = _measured_values(lh, table, v, measure, max_values)
         info = history.get(v)
         meta = (info.metadata or {}) if info else {}
         records.append(
@@ -972,6 +1020,7 @@ def plot_score_histogram(
     *,
     measure: str = "auto",
     bins: int = 30,
+    max_values: int | None = DEFAULT_MAX_VALUES,
     spark: SparkSession | None = None,
     engine: str = "auto",
 ) -> Figure:
@@ -983,6 +1032,8 @@ def plot_score_histogram(
             three. The legend names each version's run.
         measure: as in `compare_versions`.
         bins: number of shared histogram bins.
+        max_values: draw a seeded sample of about this many rows per version when it has
+            more (None: every row).
 
     Returns:
         The matplotlib Figure (not shown; a notebook renders it as the cell's result).
@@ -1002,9 +1053,8 @@ def plot_score_histogram(
     series: list[tuple[int, np.ndarray]] = []
     name = measure
     for v in chosen:
-        df = lh.read(table, v)
-        name, value = _measure(df, measure, table)
-        series.append((v, _collect_values(_compact(df, [], [], value))[_VALUE_COL].to_numpy()))
+        name, vals = _measured_values(lh, table, v, measure, max_values)
+        series.append((v, vals))
     values = np.concatenate([s for _, s in series]) if series else np.array([])
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     if lo == hi:  # a constant measure (e.g. unit-norm embeddings) still gets a visible bar
@@ -1052,6 +1102,7 @@ def plot_drift(
     max_versions: int = 30,
     measure: str = "auto",
     bins: int = 10,
+    max_values: int | None = DEFAULT_MAX_VALUES,
     history: pd.DataFrame | None = None,
     spark: SparkSession | None = None,
     engine: str = "auto",
@@ -1062,13 +1113,19 @@ def plot_drift(
 
     Args:
         table: path or catalog name of the scored output table (named in the title).
-        max_versions, measure, bins: as in `drift_history`.
+        max_versions, measure, bins, max_values: as in `drift_history`.
         history: a `drift_history(table)` result to draw instead of reading the table again.
     """
     hist = history
     if hist is None:
         hist = drift_history(
-            table, max_versions=max_versions, measure=measure, bins=bins, spark=spark, engine=engine
+            table,
+            max_versions=max_versions,
+            measure=measure,
+            bins=bins,
+            max_values=max_values,
+            spark=spark,
+            engine=engine,
         )
     if hist.empty or not {"version", "psi", "timestamp"} <= set(hist.columns):
         raise UsageError("history must be the DataFrame returned by drift_history(table)")

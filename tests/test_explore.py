@@ -469,6 +469,21 @@ def test_compare_versions_flags_a_shifted_distribution(spark, tables):
     assert (shifted.by_partition["psi"].dropna() > 0.5).all()
 
 
+def test_compare_versions_samples_values_but_counts_exactly(spark, tables):
+    full = explore.compare_versions(tables.embedding, 0, 1, spark=spark)
+    assert (full.values_old, full.values_new) == (30, 31)
+    sampled = explore.compare_versions(tables.embedding, 0, 1, max_values=12, spark=spark)
+    assert 0 < sampled.values_old < 30 and 0 < sampled.values_new < 31
+    assert sampled.by_partition["rows_new"].tolist() == full.by_partition["rows_new"].tolist()
+    assert (
+        sampled.rows_added,
+        sampled.rows_removed,
+        sampled.rows_rescored,
+        sampled.failed_new,
+    ) == (5, 1, 9, 3)
+    assert sampled.psi >= 0 and 0 <= sampled.ks <= 1
+
+
 def test_compare_versions_label_mix(spark, tables):
     cmp = explore.compare_versions(tables.classification, 0, 1, key="id", spark=spark)
     assert cmp.measure == "score" and cmp.key_source == "argument"
