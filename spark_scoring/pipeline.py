@@ -163,7 +163,10 @@ def run(
         )
     mode = "full-refresh" if full_refresh else "run"
     log.info("plan: %s", plan.reason)
-    return _execute(ctx, plan, resolved, identity, app, phases, mode=mode, dry_run=dry_run, record_watermark=True)
+    # A full refresh at the version already recorded keeps the watermark as it is: recording
+    # it again would make the lakehouse (and Delta's txnVersion rule) skip the write.
+    record = watermark is None or watermark < ctx.source_version
+    return _execute(ctx, plan, resolved, identity, app, phases, mode=mode, dry_run=dry_run, record_watermark=record)
 
 
 def backfill(

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from spark_scoring.config import SparkConfig
@@ -44,7 +44,7 @@ def get_spark(config: SparkConfig | None = None, app_name: str = "spark-scoring"
         log.info("using the active SparkSession (master %s)", active.sparkContext.master)
         return active
 
-    submitted = SparkConf()  # holds spark-submit's --master/--conf when launched by it
+    submitted = _submitted_conf()
     builder = SparkSession.builder.appName(config.app_name or submitted.get("spark.app.name", app_name))
     if not submitted.contains("spark.master"):
         builder = builder.master(config.master or DEFAULT_MASTER)
@@ -58,6 +58,20 @@ def get_spark(config: SparkConfig | None = None, app_name: str = "spark-scoring"
     _quiet_jvm_logs(spark)
     log.info("SparkSession up: master %s, Spark %s", spark.sparkContext.master, spark.version)
     return spark
+
+
+def _submitted_conf() -> SparkConf:
+    """The settings spark-submit (or an already started JVM) holds.
+
+    spark-submit passes `--master` and `--conf` to the driver JVM as system properties, and
+    starts the Python driver with PYSPARK_GATEWAY_PORT pointing at that JVM. A `SparkConf()`
+    only sees them once the gateway is connected, so connect first in that case. Without
+    spark-submit no JVM is started here: JVM options such as spark.driver.memory must still
+    reach the JVM that `getOrCreate()` launches.
+    """
+    if os.environ.get("PYSPARK_GATEWAY_PORT") or SparkContext._jvm is not None:  # type: ignore[attr-defined]
+        SparkContext._ensure_initialized()  # type: ignore[attr-defined]
+    return SparkConf()
 
 
 def _quiet_jvm_logs(spark: SparkSession) -> None:

@@ -267,15 +267,9 @@ class DeltaRsLakehouse(Lakehouse):
         exists = ds.table_exists(path)
         if exists:
             delta_table = ds.open_table(path, table=table)
-            if app_id is not None:
-                recorded = delta_table.transaction_version(app_id)
-                if recorded is not None and recorded >= txn_version:
-                    log.info(
-                        "skipping write to %s: app %s already committed txn version %s (asked %s)",
-                        table, app_id, recorded, txn_version,
-                    )
-                    return WriteResult(version=None)
             latest = delta_table.version()
+            # The version check comes first: a run that planned against an older version
+            # must fail loudly even when the winner recorded the same watermark.
             if expected_version is None:
                 raise ConcurrentRunError(
                     f"output table {table!r} exists (version {latest}) but the write expected no "
@@ -286,6 +280,14 @@ class DeltaRsLakehouse(Lakehouse):
                     f"output table {table!r} moved from version {expected_version} to {latest} while "
                     "this run was running; another run committed; rerun"
                 )
+            if app_id is not None:
+                recorded = delta_table.transaction_version(app_id)
+                if recorded is not None and recorded >= txn_version:
+                    log.info(
+                        "skipping write to %s: app %s already committed txn version %s (asked %s)",
+                        table, app_id, recorded, txn_version,
+                    )
+                    return WriteResult(version=None)
             ds.check_supported(delta_table, table)
             table_parts = ds.partition_columns(delta_table)
             if mode != "overwrite":
