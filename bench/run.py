@@ -38,6 +38,8 @@ RESULTS = REPO / "bench" / "results"
 GROWTH_FRACTIONS = (0.0, 0.01, 0.10, 1.0)
 #: Late rows (into an old partition) as a share of each incremental batch of new rows.
 LATE_SHARE = 0.05
+ONE_ROW = "1 row new"
+FULL = "100% (full refresh)"
 
 
 def _log(msg: str) -> None:
@@ -232,29 +234,40 @@ def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, A
         })
         _log(f"  {label}: {res.status}, scored {res.rows_scored:,}, carried {res.rows_carried:,}, {wall:.1f} s")
 
+    def append(new_total: int, late: int, step: int) -> None:
+        nonlocal next_id
+        import pandas as pd
+
+        new_day = data.day_names(1, data.FIRST_DAY + dt.timedelta(days=len(days) + step))
+        frames = [data.source_frame(data.review_texts(new_total - late, seed=100 + step), new_day, next_id)]
+        if late:
+            old_day = [days[(2 + 3 * step) % len(days)]]
+            frames.append(
+                data.source_frame(data.review_texts(late, seed=200 + step), old_day, next_id + new_total - late)
+            )
+        data.write_source(src, pd.concat(frames, ignore_index=True))
+        next_id += new_total
+
     _log("growth: initial full run")
     timed_run("initial full run", None, base, 0, full=False)
-    for i, fraction in enumerate(GROWTH_FRACTIONS):
+    timed_run("0% new", 0.0, 0, 0, full=False)
+    # The 0%-new run finds nothing to do and returns before scoring or committing; one new
+    # row measures what every publishing run costs regardless of its size.
+    append(1, 0, step=0)
+    timed_run(ONE_ROW, 1 / base, 1, 0, full=False)
+    for step, fraction in enumerate(GROWTH_FRACTIONS, start=1):
+        if fraction == 0.0:
+            continue
         if fraction == 1.0:
             # Every row new: the source is rewritten with fresh texts (a new source version;
             # a full refresh at an already-committed version is skipped as a duplicate).
             fresh = data.source_frame(data.review_texts(base, seed=300), days)
             data.write_source(src, fresh, mode="overwrite")
-            timed_run("100% (full refresh)", 1.0, base, 0, full=True)
+            timed_run(FULL, 1.0, base, 0, full=True)
             continue
-        new_total = int(round(base * fraction))
-        late = int(round(new_total * LATE_SHARE)) if new_total else 0
-        if new_total:
-            new_day = data.day_names(1, data.FIRST_DAY + dt.timedelta(days=len(days) + i))
-            frames = [data.source_frame(data.review_texts(new_total - late, seed=100 + i), new_day, next_id)]
-            if late:
-                old_day = [days[(2 + 3 * i) % len(days)]]
-                frames.append(data.source_frame(data.review_texts(late, seed=200 + i), old_day,
-                                                next_id + new_total - late))
-            import pandas as pd
-
-            data.write_source(src, pd.concat(frames, ignore_index=True))
-            next_id += new_total
+        new_total = max(1, int(round(base * fraction)))
+        late = int(round(new_total * LATE_SHARE))
+        append(new_total, late, step)
         timed_run(f"{fraction:.0%} new", fraction, new_total - late, late, full=False)
     return {"base_rows": base, "days": len(days), "late_share": LATE_SHARE, "runs": runs,
             "model": ("tiny random BERT stand-in (BertConfig hidden_size=32, 2 layers, 2 heads, "

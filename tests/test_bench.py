@@ -34,7 +34,7 @@ def test_targets_pass_and_miss_with_margins():
         {"label": "0% new", "wall_s": 4.0},
         {"label": "1% new", "wall_s": 9.0},
         {"label": "100% (full refresh)", "wall_s": 100.0},
-    ]}
+    ]}  # no "1 row new" run: only the 0%-run variant of the 1% target
     got = {t["target"]: t for t in report.targets({"growth": growth})}
     zero = got["0%-new run <= 20 s"]
     assert zero["ok"] and zero["margin"] == "+16.0 s"
@@ -43,6 +43,9 @@ def test_targets_pass_and_miss_with_margins():
     growth["runs"][1]["wall_s"] = 9.5
     one = next(t for t in report.targets({"growth": growth}) if t["target"].startswith("1%-new"))
     assert not one["ok"] and one["margin"] == "-0.5 s"
+    growth["runs"].insert(1, {"label": "1 row new", "wall_s": 6.0})
+    both = [t for t in report.targets({"growth": growth}) if t["target"].startswith("1%-new")]
+    assert [(t["ok"], t["margin"]) for t in both] == [(False, "-0.5 s"), (True, "+1.5 s")]
 
 
 @pytest.mark.bench
@@ -83,9 +86,10 @@ def test_bench_harness_smoke(tmp_path):
     assert not peers["plain process"]["extrapolated"]
 
     runs = {r["label"]: r for r in res["growth"]["runs"]}
-    assert list(runs) == ["initial full run", "0% new", "1% new", "10% new", "100% (full refresh)"]
+    assert list(runs) == ["initial full run", "0% new", "1 row new", "1% new", "10% new", "100% (full refresh)"]
     assert runs["initial full run"]["rows_scored"] == 400
     assert runs["0% new"]["status"] == "nothing-to-do" and runs["0% new"]["rows_scored"] == 0
+    assert runs["1 row new"]["status"] == "published" and runs["1 row new"]["rows_scored"] == 1
     assert runs["1% new"]["rows_scored"] == 4  # 1% of 400 (all new rows, late ones included)
     assert runs["10% new"]["rows_scored"] == 40
     assert runs["100% (full refresh)"]["rows_scored"] == 400  # source rewritten with fresh texts
