@@ -116,7 +116,7 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         if zero:
             found.append({
                 "target": f"0%-new run <= {MAX_NOTHING_NEW_S:.0f} s",
-                "value": f"{zero['wall_s']:.1f} s",
+                "value": f"{zero['wall_s']:.2f} s",
                 "ok": zero["wall_s"] <= MAX_NOTHING_NEW_S,
                 "margin": f"{MAX_NOTHING_NEW_S - zero['wall_s']:+.1f} s",
             })
@@ -250,13 +250,13 @@ def markdown(out: dict[str, Any]) -> str:
             p = r["phases_s"]
             lines.append(
                 f"| {r['label']} | {_f(r['new_rows'])} (+{_f(r['late_rows'])}) | {r['status']} | "
-                f"{_f(r['rows_scored'])} | {_f(r['rows_carried'])} | {_f(r['wall_s'])} | {_f(p.get('plan'), 2)} | "
+                f"{_f(r['rows_scored'])} | {_f(r['rows_carried'])} | {_f(r['wall_s'], 2)} | {_f(p.get('plan'), 2)} | "
                 f"{_f(p.get('load'), 2)} | {_f(p.get('score'), 2)} | {_f(p.get('commit'), 2)} |"
             )
         by = {r["label"]: r for r in growth["runs"]}
         zero, single = by.get("0% new"), by.get("1 row new")
         if zero:
-            lines += ["", f"Fixed overhead of a run: the 0%-new run took {zero['wall_s']:.1f} s ({zero['status']}: "
+            lines += ["", f"Fixed overhead of a run: the 0%-new run took {zero['wall_s']:.2f} s ({zero['status']}: "
                       "it plans, finds nothing and commits nothing)"
                       + (f"; a run with ONE new row (plan, MLflow run, score, one commit) took "
                          f"{single['wall_s']:.1f} s, the fixed cost of any run that publishes." if single else ".")]
