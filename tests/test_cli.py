@@ -76,7 +76,7 @@ def test_register_model_prints_the_registered_uri(tmp_path, minilm_dir, capsys):
     assert code == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "models:/reviews/1"
     version = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("reviews", "champion")
-    assert version.version == "1"
+    assert str(version.version) == "1"
 
 
 def test_parse_partition():
