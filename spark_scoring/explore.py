@@ -86,6 +86,30 @@ _RUN_METRICS = (
     "padding_efficiency",
     "batches",
 )
+_COUNT_METRICS = ("rows_read", "rows_scored", "rows_carried", "rows_failed", "batches")
+_RUNS_COLUMN_ORDER = (
+    "version",
+    "timestamp",
+    "operation",
+    "run_id",
+    "job",
+    "mode",
+    "status",
+    "model_uri",
+    "model_version",
+    "rows_read",
+    "rows_scored",
+    "rows_carried",
+    "rows_failed",
+    "seconds_total",
+    "rows_per_second",
+    "source_table",
+    "source_version_start",
+    "source_version",
+    "partitions",
+    "start_time",
+    "end_time",
+)
 #: Conventional PSI thresholds: below 0.1 stable, 0.1-0.25 moderate shift, above 0.25 major.
 PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
@@ -300,7 +324,7 @@ def list_runs(
         }
         for key, value in (info.metadata or {}).items():
             if str(key).startswith(META_PREFIX):
-                row[key[len(META_PREFIX) :]] = value
+                row[key[len(META_PREFIX) :]] = None if value == "" else value
         rows.append(row)
     commits = pd.DataFrame(rows)
     if "run_id" not in commits.columns:
@@ -329,13 +353,16 @@ def list_runs(
     for name in _RUN_METRICS:
         metric = out.pop(f"metric.{name}").astype(float)
         if name in out.columns:
-            out[name] = out[name].astype("Float64").fillna(metric.astype("Float64"))
-        else:
-            out[name] = metric
+            metric = out[name].astype("Float64").fillna(metric.astype("Float64"))
+        out[name] = (
+            metric.round().astype("Int64") if name in _COUNT_METRICS else metric.astype(float)
+        )
     ml_version = out.pop("mlflow_model_version")
-    out["model_version"] = (
-        out["model_version"].fillna(ml_version) if "model_version" in out.columns else ml_version
-    )
+    if "model_version" in out.columns:
+        ml_version = out["model_version"].fillna(ml_version)
+    out["model_version"] = ml_version
+    first = [c for c in _RUNS_COLUMN_ORDER if c in out.columns]
+    out = out[first + sorted(c for c in out.columns if c not in first)]
     out = out.sort_values("version").reset_index(drop=True)
     out.attrs["table"] = table
     return out
@@ -994,13 +1021,15 @@ def _new_figure(figsize: tuple[float, float] = (8.0, 4.2)) -> tuple[Figure, Any]
     return fig, ax
 
 
-def _styled(ax: Any) -> None:
+def _styled(ax: Any, grid: str = "both") -> None:
     import matplotlib.pyplot as plt
 
     with plt.rc_context(_STYLE):
         ax.set_axisbelow(True)
+        ax.grid(False)
         ax.grid(
             True,
+            axis=grid,
             color=_STYLE["grid.color"],
             alpha=_STYLE["grid.alpha"],
             linewidth=_STYLE["grid.linewidth"],
@@ -1239,5 +1268,5 @@ def plot_throughput(runs_df: pd.DataFrame) -> Figure:
     ax.set_xlabel("table version (run)")
     ax.set_ylabel("rows / second")
     ax.set_title("Scoring throughput per run" + (f" of {_table_label(table)}" if table else ""))
-    _styled(ax)
+    _styled(ax, grid="y")  # bars need horizontal guide lines only
     return fig

@@ -539,6 +539,9 @@ def test_list_runs_joins_history_with_mlflow(spark, tables):
     assert runs["mode"].tolist() == ["full", "incremental", "full"]
     # Counts come from the commit metadata...
     assert runs["rows_scored"].tolist() == [30, 14, 33]
+    assert str(runs["rows_scored"].dtype) == "Int64"
+    assert runs["source_version_start"].isna().all()  # "" in the commit: a full run
+    assert list(runs.columns[:6]) == ["version", "timestamp", "operation", "run_id", "job", "mode"]
     assert runs["rows_failed"].tolist() == [0, 3, 1]
     assert runs["model_version"].tolist() == ["3", "3", "4"]
     # ...timings and status from MLflow; the run MLflow never saw keeps NaN.
