@@ -205,7 +205,9 @@ def _check_kind(col: str, kind: str, values: Any) -> list[Any]:
         for v in values:
             arr = np.asarray(v, dtype=np.float32) if v is not None else None
             if arr is None or arr.ndim != 1:
-                raise ModelOutputError(f"model output {col!r}: expected a 1-D float vector per row, got {v!r:.80}")
+                raise ModelOutputError(
+                    f"model output {col!r}: expected a 1-D float vector per row, got {v!r:.80}"
+                )
             rows.append(arr)
         return rows
     if kind == "double":
@@ -227,14 +229,18 @@ def _check_kind(col: str, kind: str, values: Any) -> list[Any]:
     raise ValueError(f"unknown output kind {kind!r}")  # our own invariant, not user input
 
 
-def _check_scalars(col: str, values: Any, types: tuple[type, ...], what: str, convert: Any) -> list[Any]:
+def _check_scalars(
+    col: str, values: Any, types: tuple[type, ...], what: str, convert: Any
+) -> list[Any]:
     # None is a valid (null) value; a NaN float stays NaN (Arrow writes it as NaN).
     out = list(values)
     for i, v in enumerate(out):
         if v is None:
             continue
         if not isinstance(v, types) or (convert is not bool and isinstance(v, (bool, np.bool_))):
-            raise ModelOutputError(f"model output {col!r}: expected {what} per row, got {type(v).__name__} {v!r:.80}")
+            raise ModelOutputError(
+                f"model output {col!r}: expected {what} per row, got {type(v).__name__} {v!r:.80}"
+            )
         if convert is not None:
             out[i] = convert(v)
     return out
@@ -287,7 +293,9 @@ def score_rows(
     bad = dict(invalid_rows(inputs)) if invalid_rows is not None and n else {}
     for i, message in bad.items():
         errors[i] = message
-    usable = np.array([i for i in range(n) if i not in bad], dtype=np.int64) if bad else np.arange(n)
+    usable = (
+        np.array([i for i in range(n) if i not in bad], dtype=np.int64) if bad else np.arange(n)
+    )
     if len(usable) == 0:
         stats.rows_failed = sum(e is not None for e in errors)
         return ScoredRows(outputs, errors, stats)
@@ -300,7 +308,9 @@ def score_rows(
     else:
         lens = None
     counted = lens is not None
-    lens = np.ones(len(usable), dtype=np.int64) if lens is None else np.asarray(lens, dtype=np.int64)
+    lens = (
+        np.ones(len(usable), dtype=np.int64) if lens is None else np.asarray(lens, dtype=np.int64)
+    )
     if len(lens) != len(usable):
         raise ModelOutputError(f"token lengths: expected {len(usable)} lengths, got {len(lens)}")
     cost = lens + int(row_overhead)
@@ -325,12 +335,18 @@ def score_rows(
                 if on_out_of_memory is not None:
                     on_out_of_memory()
                 if len(idx) == 1:
-                    errors[int(usable[idx[0]])] = _message(exc, "out of memory even for this row alone")
+                    errors[int(usable[idx[0]])] = _message(
+                        exc, "out of memory even for this row alone"
+                    )
                     return
                 stats.oom_backoffs += 1
                 half = (len(idx) + 1) // 2
                 state.learn(half * int(cost[idx].max()))
-                log.warning("CUDA out of memory on %d rows; retrying in halves (limit %s tokens)", len(idx), state.max_tokens)
+                log.warning(
+                    "CUDA out of memory on %d rows; retrying in halves (limit %s tokens)",
+                    len(idx),
+                    state.max_tokens,
+                )
             elif len(idx) == 1:
                 errors[int(usable[idx[0]])] = _message(exc)
                 return
@@ -346,11 +362,13 @@ def score_rows(
         rows = usable[idx]
         for col, vals in values.items():
             out = outputs[col]
-            for r, v in zip(rows.tolist(), vals):
+            for r, v in zip(rows.tolist(), vals, strict=True):
                 out[r] = v
 
     limit = max_tokens if state.max_tokens is None else min(max_tokens, state.max_tokens)
-    for batch in plan_batches(cost, max_rows=max_rows, max_tokens=limit, sort_by_length=sort_by_length):
+    for batch in plan_batches(
+        cost, max_rows=max_rows, max_tokens=limit, sort_by_length=sort_by_length
+    ):
         run(batch)
     stats.rows_failed = sum(e is not None for e in errors)
     return ScoredRows(outputs, errors, stats)

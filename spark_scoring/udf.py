@@ -167,7 +167,15 @@ class ScoringStats:
     oom_backoffs, model_loads. Read them with `snapshot()` after an action ran.
     """
 
-    FIELDS = ("rows", "rows_failed", "batches", "real_tokens", "padded_tokens", "oom_backoffs", "model_loads")
+    FIELDS = (
+        "rows",
+        "rows_failed",
+        "batches",
+        "real_tokens",
+        "padded_tokens",
+        "oom_backoffs",
+        "model_loads",
+    )
 
     def __init__(self, spark: SparkSession):
         sc = spark.sparkContext
@@ -259,7 +267,10 @@ def _make_partition_scorer(spec: ModelSpec, output_names: list[str], accs: dict[
 
 
 def _score_partition(
-    batches: Iterator[pd.DataFrame], spec: ModelSpec, output_names: list[str], accs: dict[str, Any] | None
+    batches: Iterator[pd.DataFrame],
+    spec: ModelSpec,
+    output_names: list[str],
+    accs: dict[str, Any] | None,
 ) -> Iterator[pd.DataFrame]:
     worker: _Worker | None = None
     totals = batching.BatchStats()
@@ -285,7 +296,10 @@ def _score_partition(
                 on_out_of_memory=worker.empty_cache,
             )
             totals.add(result.stats)
-            added = {name: pd.Series(result.outputs[name], index=pdf.index, dtype=object) for name in output_names}
+            added = {
+                name: pd.Series(result.outputs[name], index=pdf.index, dtype=object)
+                for name in output_names
+            }
             added[ERROR_COLUMN] = pd.Series(result.errors, index=pdf.index, dtype=object)
             yield pd.concat([pdf, pd.DataFrame(added, index=pdf.index)], axis=1)
     finally:
@@ -309,7 +323,9 @@ def _get_worker(spec: ModelSpec) -> tuple[_Worker, bool]:
         try:
             model = get_task(spec.task).load(model_dir, spec.options, device, spec.precision)
         except ModelError as exc:
-            raise ModelError(f"could not load model {spec.model_uri} on the executor: {_one_line(exc)}") from exc
+            raise ModelError(
+                f"could not load model {spec.model_uri} on the executor: {_one_line(exc)}"
+            ) from exc
         except Exception as exc:
             raise ModelError(
                 f"could not load model {spec.model_uri} (task {spec.task}) from {model_dir!r} on the "

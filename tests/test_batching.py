@@ -31,7 +31,9 @@ def _frame(texts):
 class Recorder:
     """predict fn: n = length of the text, echo = the text; records the batch sizes."""
 
-    def __init__(self, oom_above: int | None = None, bad: str | None = None, oom_runtime: bool = False):
+    def __init__(
+        self, oom_above: int | None = None, bad: str | None = None, oom_runtime: bool = False
+    ):
         self.calls: list[list[str]] = []
         self.oom_above = oom_above
         self.bad = bad
@@ -80,7 +82,9 @@ def test_plan_batches_sorting_reduces_padding():
         return sum(len(b) * lengths[b].max() for b in batches)
 
     sorted_pad = padded(plan_batches(lengths, max_rows=32, max_tokens=10**9))
-    unsorted_pad = padded(plan_batches(lengths, max_rows=32, max_tokens=10**9, sort_by_length=False))
+    unsorted_pad = padded(
+        plan_batches(lengths, max_rows=32, max_tokens=10**9, sort_by_length=False)
+    )
     assert lengths.sum() / sorted_pad > 0.95
     assert lengths.sum() / unsorted_pad < 0.65
 
@@ -93,7 +97,9 @@ def test_plan_batches_unsorted_keeps_order_and_oversized_row_gets_its_own_batch(
 
 
 def test_plan_batches_docstring_example():
-    assert [b.tolist() for b in plan_batches(np.array([5, 1, 5, 1]), max_rows=2, max_tokens=100)] == [[0, 2], [1, 3]]
+    assert [
+        b.tolist() for b in plan_batches(np.array([5, 1, 5, 1]), max_rows=2, max_tokens=100)
+    ] == [[0, 2], [1, 3]]
 
 
 # --------------------------------------------------------------------------------------
@@ -105,7 +111,9 @@ def test_plan_batches_docstring_example():
 def test_score_rows_restores_original_order_whatever_the_packing(max_rows, max_tokens):
     texts = [f"row {i} " + "x" * ((i * 37) % 23) for i in range(50)]
     rec = Recorder()
-    res = score_rows(_frame(texts), rec, kinds=KINDS, lengths=_lengths, max_rows=max_rows, max_tokens=max_tokens)
+    res = score_rows(
+        _frame(texts), rec, kinds=KINDS, lengths=_lengths, max_rows=max_rows, max_tokens=max_tokens
+    )
     assert res.outputs["echo"] == texts
     assert res.outputs["n"] == [float(len(t)) for t in texts]
     assert res.errors == [None] * 50
@@ -129,7 +137,14 @@ def test_score_rows_without_lengths_packs_by_rows_only_and_counts_no_tokens():
 def test_batch_stats_add():
     a = BatchStats(rows=2, batches=1, real_tokens=3, padded_tokens=4)
     a.add(BatchStats(rows=1, rows_failed=1, real_tokens=1, padded_tokens=4, oom_backoffs=2))
-    assert (a.rows, a.rows_failed, a.batches, a.real_tokens, a.padded_tokens, a.oom_backoffs) == (3, 1, 1, 4, 8, 2)
+    assert (a.rows, a.rows_failed, a.batches, a.real_tokens, a.padded_tokens, a.oom_backoffs) == (
+        3,
+        1,
+        1,
+        4,
+        8,
+        2,
+    )
     assert a.padding_efficiency == 0.5
 
 
@@ -145,7 +160,12 @@ def test_oom_halves_the_batch_and_remembers_the_limit(runtime_error):
     state = BackoffState()
     freed = []
     res = score_rows(
-        _frame(texts), rec, kinds=KINDS, lengths=_lengths, max_rows=64, state=state,
+        _frame(texts),
+        rec,
+        kinds=KINDS,
+        lengths=_lengths,
+        max_rows=64,
+        state=state,
         on_out_of_memory=lambda: freed.append(1),
     )
     assert res.errors == [None] * 100
@@ -208,8 +228,13 @@ def test_invalid_rows_get_errors_without_reaching_the_model():
     def invalid(rows):
         return {i: "input column 'text' is null" for i, v in enumerate(rows["text"]) if v is None}
 
-    res = score_rows(_frame(texts), rec, kinds=KINDS, lengths=lambda r: r["text"].str.len().to_numpy(),
-                     invalid_rows=invalid)
+    res = score_rows(
+        _frame(texts),
+        rec,
+        kinds=KINDS,
+        lengths=lambda r: r["text"].str.len().to_numpy(),
+        invalid_rows=invalid,
+    )
     assert res.errors == [None, "input column 'text' is null", None]
     assert res.outputs["echo"] == ["ok", None, "fine"]
     assert sorted(t for c in rec.calls for t in c) == ["fine", "ok"]
@@ -254,5 +279,7 @@ def test_validate_outputs_checks_columns_and_types():
     assert len(out["v"]) == 2 and out["v"][0].dtype == np.float32 and out["v"][0].shape == (4,)
     ok = validate_outputs({"n": np.array([1, 2]), "echo": ["a", None]}, 2, KINDS)
     assert ok == {"n": [1.0, 2.0], "echo": ["a", None]}
-    longs = validate_outputs({"k": [np.int64(3), None], "b": [True, np.bool_(False)]}, 2, {"k": "long", "b": "bool"})
+    longs = validate_outputs(
+        {"k": [np.int64(3), None], "b": [True, np.bool_(False)]}, 2, {"k": "long", "b": "bool"}
+    )
     assert longs == {"k": [3, None], "b": [True, False]}

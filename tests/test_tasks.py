@@ -48,16 +48,33 @@ def test_registry_lists_every_task_once():
 
 def test_task_option_problems():
     assert task_option_problems("embedding", {}) == []
-    assert task_option_problems("text-generation", {"max_new_tokens": 8, "do_sample": True, "seed": 3,
-                                                    "temperature": 0.7, "top_p": 0.9, "top_k": 5}) == []
-    problems = task_option_problems("text-generation", {"max_new_tokens": "8", "top_p": 1.5, "beam": 2,
-                                                        "do_sample": 1, "seed": -1})
+    assert (
+        task_option_problems(
+            "text-generation",
+            {
+                "max_new_tokens": 8,
+                "do_sample": True,
+                "seed": 3,
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "top_k": 5,
+            },
+        )
+        == []
+    )
+    problems = task_option_problems(
+        "text-generation",
+        {"max_new_tokens": "8", "top_p": 1.5, "beam": 2, "do_sample": 1, "seed": -1},
+    )
     assert len(problems) == 5
     assert all(p.startswith("model.options.") for p in problems)
     text = "\n".join(problems)
     assert "model.options.max_new_tokens: expected an integer" in text
     assert "model.options.top_p: must be in (0, 1], got 1.5" in text
-    assert "model.options.beam: unknown option for task 'text-generation'; allowed options: do_sample, max_new_tokens" in text
+    assert (
+        "model.options.beam: unknown option for task 'text-generation'; allowed options: do_sample, max_new_tokens"
+        in text
+    )
     assert "model.options.do_sample: expected true or false" in text
     assert "model.options.seed: must be >= 0" in text
     assert task_option_problems("text-classification", {"return_all_scores": "yes"}) == [
@@ -76,7 +93,12 @@ def test_config_reports_option_problems_with_the_others():
     raw = {
         "name": "j",
         "source": {"table": "/s", "key": "id"},
-        "model": {"uri": "/m", "task": "text-generation", "input": "text", "options": {"max_new_tokens": 0}},
+        "model": {
+            "uri": "/m",
+            "task": "text-generation",
+            "input": "text",
+            "options": {"max_new_tokens": 0},
+        },
         "output": {"table": "/o"},
     }
     with pytest.raises(ConfigError, match=r"model.options.max_new_tokens: must be >= 1, got 0"):
@@ -102,14 +124,17 @@ def _encode_one_by_one(model_dir):
 
 
 @pytest.mark.parametrize("max_rows,max_tokens", PACKINGS)
-def test_embedding_sentence_transformers_equals_encode_one_by_one(minilm, minilm_dir, max_rows, max_tokens):
+def test_embedding_sentence_transformers_equals_encode_one_by_one(
+    minilm, minilm_dir, max_rows, max_tokens
+):
     expected = _encode_one_by_one(minilm_dir)
     res = _run(minilm, SAMPLE_TEXTS, max_rows, max_tokens)
     assert res.errors == [None] * len(SAMPLE_TEXTS)
     got = np.stack(res.outputs["embedding"])
     assert got.shape == (len(SAMPLE_TEXTS), 384)
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # the Normalize module ran
+    # the Normalize module ran
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
 def test_embedding_lengths_are_truncated_to_the_model_limit(minilm):
@@ -154,7 +179,9 @@ def test_embedding_uses_sentence_transformers_modules_when_present(tiny_models):
     plain = get_task("embedding").load(tiny_models.bert_mean, {}, "cpu", "fp32")
     texts = SAMPLE_TEXTS[:6]
     got = np.stack(_run(st_model, texts, 3, 16384).outputs["embedding"])
-    expected = SentenceTransformer(tiny_models.bert_st, device="cpu").encode(texts, show_progress_bar=False)
+    expected = SentenceTransformer(tiny_models.bert_st, device="cpu").encode(
+        texts, show_progress_bar=False
+    )
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     mean = np.stack(_run(plain, texts, 3, 16384).outputs["embedding"])
@@ -200,7 +227,9 @@ def _logits_direct(model_dir, text):
 
 @pytest.mark.parametrize("max_rows,max_tokens", PACKINGS)
 def test_classification_single_label_softmax(tiny_models, max_rows, max_tokens):  # noqa: F811
-    model = get_task("text-classification").load(tiny_models.classifier, {"return_all_scores": True}, "cpu", "auto")
+    model = get_task("text-classification").load(
+        tiny_models.classifier, {"return_all_scores": True}, "cpu", "auto"
+    )
     res = _run(model, SAMPLE_TEXTS, max_rows, max_tokens)
     assert res.errors == [None] * len(SAMPLE_TEXTS)
     for i, text in enumerate(SAMPLE_TEXTS):
@@ -271,7 +300,9 @@ def test_generation_sampling_is_seeded(tiny_models):  # noqa: F811
     assert first == again
     other = get_task("text-generation").load(tiny_models.gpt2, {**opts, "seed": 8}, "cpu", "auto")
     assert _run(other, texts, 3, 16384).outputs["generated_text"] != first
-    greedy = get_task("text-generation").load(tiny_models.gpt2, {"max_new_tokens": 8}, "cpu", "auto")
+    greedy = get_task("text-generation").load(
+        tiny_models.gpt2, {"max_new_tokens": 8}, "cpu", "auto"
+    )
     assert _run(greedy, texts, 3, 16384).outputs["generated_text"] != first
 
 
@@ -283,10 +314,15 @@ def test_generation_sampling_is_seeded(tiny_models):  # noqa: F811
 def test_pyfunc_outputs_follow_the_signature_and_bad_rows_are_isolated(tiny_models):  # noqa: F811
     task = get_task("pyfunc")
     fields = task.output_fields(tiny_models.pyfunc, {})
-    assert [(f.name, f.dataType.simpleString()) for f in fields] == [("total", "double"), ("tag", "string")]
+    assert [(f.name, f.dataType.simpleString()) for f in fields] == [
+        ("total", "double"),
+        ("tag", "string"),
+    ]
     model = task.load(tiny_models.pyfunc, {}, "cpu", "auto")
     frame = pd.DataFrame({"a": [1.0, 2.5, None, 4.0, 5.0], "b": ["x", "boom", "z", None, "w"]})
-    res = score_rows(frame, model.predict, kinds=model.outputs, invalid_rows=model.invalid_rows, max_rows=2)
+    res = score_rows(
+        frame, model.predict, kinds=model.outputs, invalid_rows=model.invalid_rows, max_rows=2
+    )
     assert res.outputs["total"] == [2.0, None, None, None, 10.0]
     assert res.outputs["tag"] == ["X", None, None, None, "W"]
     assert res.errors[1] == "ValueError: boom is not allowed"
@@ -299,7 +335,9 @@ def test_pyfunc_single_unnamed_output_is_prediction(tiny_models):  # noqa: F811
     task = get_task("pyfunc")
     assert [f.name for f in task.output_fields(tiny_models.pyfunc_unnamed, {})] == ["prediction"]
     model = task.load(tiny_models.pyfunc_unnamed, {}, "cpu", "auto")
-    res = score_rows(pd.DataFrame({"a": [1.0, 2.0, 3.0]}), model.predict, kinds=model.outputs, max_rows=2)
+    res = score_rows(
+        pd.DataFrame({"a": [1.0, 2.0, 3.0]}), model.predict, kinds=model.outputs, max_rows=2
+    )
     assert res.outputs["prediction"] == [2.0, 3.0, 4.0]
 
 

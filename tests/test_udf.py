@@ -17,8 +17,18 @@ from spark_scoring.errors import ModelError, ModelOutputError, SchemaDriftError,
 from tests.tiny_models import LABELS, SAMPLE_TEXTS, tiny_models  # noqa: F401
 
 
-def _spec(spark, model_dir, task, *, inputs=("text",), options=None, batch=None, device="cpu", precision="auto",
-          model_id=None):
+def _spec(
+    spark,
+    model_dir,
+    task,
+    *,
+    inputs=("text",),
+    options=None,
+    batch=None,
+    device="cpu",
+    precision="auto",
+    model_id=None,
+):
     cfg = ModelConfig(
         uri=f"file://{model_dir}",
         task=task,
@@ -29,16 +39,29 @@ def _spec(spark, model_dir, task, *, inputs=("text",), options=None, batch=None,
         precision=precision,
     )
     return udf.prepare_model(
-        spark, model_dir=model_dir, model_uri=cfg.uri, model_cfg=cfg, model_id=model_id or f"test-{uuid.uuid4().hex[:8]}"
+        spark,
+        model_dir=model_dir,
+        model_uri=cfg.uri,
+        model_cfg=cfg,
+        model_id=model_id or f"test-{uuid.uuid4().hex[:8]}",
     )
 
 
 def _text_df(spark, texts):
     rows = [
-        (i, t, i * 10 if i % 3 else None, dt.datetime(2024, 1, 1 + i % 28, 12, 0), [f"tag{i}"], i / 7)
+        (
+            i,
+            t,
+            i * 10 if i % 3 else None,
+            dt.datetime(2024, 1, 1 + i % 28, 12, 0),
+            [f"tag{i}"],
+            i / 7,
+        )
         for i, t in enumerate(texts)
     ]
-    return spark.createDataFrame(rows, "id long, text string, n long, ts timestamp, tags array<string>, x double")
+    return spark.createDataFrame(
+        rows, "id long, text string, n long, ts timestamp, tags array<string>, x double"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +80,11 @@ def test_prepare_model_local_master_uses_the_path(spark, minilm_dir):
 
 
 def test_embedding_scores_every_row_keeps_columns_and_matches_encode(spark, minilm_dir, minilm_ref):
-    texts = [*SAMPLE_TEXTS, None, *[f"sentence number {i} about spark and delta" for i in range(20)]]
+    texts = [
+        *SAMPLE_TEXTS,
+        None,
+        *[f"sentence number {i} about spark and delta" for i in range(20)],
+    ]
     df = _text_df(spark, texts)
     spec = _spec(spark, minilm_dir, "embedding", batch=BatchConfig(max_rows=8, max_tokens=600))
     stats = udf.ScoringStats(spark)
@@ -67,10 +94,12 @@ def test_embedding_scores_every_row_keeps_columns_and_matches_encode(spark, mini
     rows = sorted(out.collect(), key=lambda r: r.id)
     originals = sorted(df.collect(), key=lambda r: r.id)
     assert len(rows) == len(texts)
-    for row, orig in zip(rows, originals):
+    for row, orig in zip(rows, originals, strict=True):
         assert tuple(row)[: len(df.columns)] == tuple(orig)  # pass-through unchanged
     failed = [r for r in rows if r.error is not None]
-    assert [(r.text, r.error, r.embedding) for r in failed] == [(None, "input column 'text' is null", None)]
+    assert [(r.text, r.error, r.embedding) for r in failed] == [
+        (None, "input column 'text' is null", None)
+    ]
     ok = [r for r in rows if r.error is None]
     expected = minilm_ref.encode([r.text for r in ok], show_progress_bar=False)
     np.testing.assert_allclose(np.array([r.embedding for r in ok]), expected, atol=1e-4)
@@ -112,11 +141,19 @@ def test_text_classification_with_all_scores(spark, tiny_models):  # noqa: F811
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     df = _text_df(spark, SAMPLE_TEXTS)
-    spec = _spec(spark, tiny_models.classifier, "text-classification", options={"return_all_scores": True},
-                 batch=BatchConfig(max_rows=3, max_tokens=100))
+    spec = _spec(
+        spark,
+        tiny_models.classifier,
+        "text-classification",
+        options={"return_all_scores": True},
+        batch=BatchConfig(max_rows=3, max_tokens=100),
+    )
     fields = udf.output_fields(spec)
     assert [(f.name, f.dataType.simpleString()) for f in fields] == [
-        ("label", "string"), ("score", "double"), ("scores", "map<string,double>")]
+        ("label", "string"),
+        ("score", "double"),
+        ("scores", "map<string,double>"),
+    ]
     rows = sorted(udf.score(df, spec).collect(), key=lambda r: r.id)
     tok = AutoTokenizer.from_pretrained(tiny_models.classifier)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_models.classifier).eval()
@@ -127,7 +164,9 @@ def test_text_classification_with_all_scores(spark, tiny_models):  # noqa: F811
             probs = torch.softmax(model(**enc).logits[0], -1).numpy()
         assert row.label == LABELS[int(probs.argmax())]
         assert row.score == pytest.approx(float(probs.max()), abs=1e-4)
-        assert row.scores == pytest.approx({LABELS[k]: float(p) for k, p in enumerate(probs)}, abs=1e-4)
+        assert row.scores == pytest.approx(
+            {LABELS[k]: float(p) for k, p in enumerate(probs)}, abs=1e-4
+        )
 
 
 def test_text_generation_greedy(spark, tiny_models):  # noqa: F811
@@ -143,24 +182,40 @@ def test_text_generation_greedy(spark, tiny_models):  # noqa: F811
         ids = tok([row.text])["input_ids"][0] or [tok.bos_token_id]
         x = torch.tensor([ids])
         with torch.no_grad():
-            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False,
-                                 pad_token_id=tok.eos_token_id)
+            out = model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=5,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
         assert row.error is None
-        assert row.generated_text == tok.decode(out[0, x.shape[1]:], skip_special_tokens=True)
+        assert row.generated_text == tok.decode(out[0, x.shape[1] :], skip_special_tokens=True)
     assert rows[-1].error == "input column 'text' is null" and rows[-1].generated_text is None
 
 
 def test_pyfunc_columns_from_signature_and_isolated_failures(spark, tiny_models):  # noqa: F811
     df = spark.createDataFrame(
-        [(1, 1.5, "a"), (2, 2.0, "boom"), (3, None, "c"), (4, 4.0, "d")], "id long, a double, b string"
+        [(1, 1.5, "a"), (2, 2.0, "boom"), (3, None, "c"), (4, 4.0, "d")],
+        "id long, a double, b string",
     )
-    spec = _spec(spark, tiny_models.pyfunc, "pyfunc", inputs=("a", "b"), batch=BatchConfig(max_rows=2))
+    spec = _spec(
+        spark, tiny_models.pyfunc, "pyfunc", inputs=("a", "b"), batch=BatchConfig(max_rows=2)
+    )
     out = udf.score(df, spec)
     assert out.columns == ["id", "a", "b", "total", "tag", "error"]
-    assert [f.dataType.simpleString() for f in out.schema.fields[3:]] == ["double", "string", "string"]
+    assert [f.dataType.simpleString() for f in out.schema.fields[3:]] == [
+        "double",
+        "string",
+        "string",
+    ]
     rows = {r.id: r for r in out.collect()}
     assert (rows[1].total, rows[1].tag, rows[1].error) == (3.0, "A", None)
-    assert (rows[2].total, rows[2].tag, rows[2].error) == (None, None, "ValueError: boom is not allowed")
+    assert (rows[2].total, rows[2].tag, rows[2].error) == (
+        None,
+        None,
+        "ValueError: boom is not allowed",
+    )
     assert (rows[3].total, rows[3].error) == (None, "input column 'a' is null")
     assert (rows[4].total, rows[4].tag, rows[4].error) == (8.0, "D", None)
 
@@ -171,20 +226,29 @@ def test_pyfunc_columns_from_signature_and_isolated_failures(spark, tiny_models)
 
 def test_missing_or_non_text_input_and_column_clash_fail_before_running(spark, minilm_dir):
     spec = _spec(spark, minilm_dir, "embedding")
-    with pytest.raises(SchemaDriftError, match=r"input column 'text' \(model.input\) is not in the data"):
+    with pytest.raises(
+        SchemaDriftError, match=r"input column 'text' \(model.input\) is not in the data"
+    ):
         udf.score(spark.createDataFrame([(1,)], "body string"), spec)
-    with pytest.raises(SchemaDriftError, match="input column 'text' is bigint, but task 'embedding' scores text"):
+    with pytest.raises(
+        SchemaDriftError, match="input column 'text' is bigint, but task 'embedding' scores text"
+    ):
         udf.score(spark.createDataFrame([(1,)], "text long"), spec)
     with pytest.raises(UsageError, match=r"already has column\(s\) \['error'\]"):
         udf.score(spark.createDataFrame([("a", "x")], "text string, error string"), spec)
 
 
 def test_prepare_model_errors_name_the_uri_and_cause(spark, tmp_path, tiny_models):  # noqa: F811
-    with pytest.raises(ModelError, match=r"model file:///nope: local model directory '/nope' does not exist"):
+    with pytest.raises(
+        ModelError, match=r"model file:///nope: local model directory '/nope' does not exist"
+    ):
         _spec(spark, "/nope", "embedding")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match=rf"model file://{empty}: '{empty}' is not a model task 'embedding' can load: ValueError: Unrecognized model"):
+    with pytest.raises(
+        ModelError,
+        match=rf"model file://{empty}: '{empty}' is not a model task 'embedding' can load: ValueError: Unrecognized model",
+    ):
         _spec(spark, str(empty), "embedding")
     with pytest.raises(ModelError, match="no MLmodel file"):
         _spec(spark, tiny_models.bert_mean, "pyfunc", inputs=("a",))

@@ -54,7 +54,7 @@ class TinyModels:
     """Directories of the tiny models (each loadable with from_pretrained / mlflow)."""
 
     bert_mean: str  # BertModel, no modules.json -> mean pooling
-    bert_st: str  # the same BERT as a sentence-transformers model (Transformer + Pooling + Normalize)
+    bert_st: str  # the same BERT as a sentence-transformers model (CLS pooling + Normalize)
     classifier: str  # BertForSequenceClassification, single label, 3 classes
     classifier_multi: str  # same, problem_type multi_label_classification
     gpt2: str  # GPT2LMHeadModel, byte-level BPE tokenizer
@@ -120,7 +120,9 @@ def build_classifier(dest: Path, multi_label: bool = False) -> str:
     torch.manual_seed(2 if multi_label else 3)
     dest.mkdir(parents=True, exist_ok=True)
     extra = {"problem_type": "multi_label_classification"} if multi_label else {}
-    cfg = _bert_config(num_labels=3, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()}, **extra)
+    cfg = _bert_config(
+        num_labels=3, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()}, **extra
+    )
     BertForSequenceClassification(cfg).eval().save_pretrained(dest)
     _copy_bert_tokenizer(dest)
     return str(dest)
@@ -141,7 +143,10 @@ def _bpe_tokenizer():
     )
     tok.train_from_iterator(_CORPUS * 5, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", model_max_length=TINY_MAX_POSITIONS * 2
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=TINY_MAX_POSITIONS * 2,
     )
 
 
@@ -209,7 +214,7 @@ _PYFUNC_CODE = textwrap.dedent(
 )
 
 _PYFUNC_UNNAMED_CODE = textwrap.dedent(
-    '''
+    """
     import mlflow
 
 
@@ -219,7 +224,7 @@ _PYFUNC_UNNAMED_CODE = textwrap.dedent(
 
 
     mlflow.models.set_model(PlusOne())
-    '''
+    """
 )
 
 
@@ -232,7 +237,9 @@ def build_pyfunc(dest: Path, unnamed: bool = False) -> str:
     code = dest.parent / (dest.name + "_code.py")
     code.write_text(_PYFUNC_UNNAMED_CODE if unnamed else _PYFUNC_CODE, encoding="utf-8")
     if unnamed:
-        signature = ModelSignature(inputs=Schema([ColSpec("double", "a")]), outputs=Schema([ColSpec("double")]))
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("double", "a")]), outputs=Schema([ColSpec("double")])
+        )
     else:
         signature = ModelSignature(
             inputs=Schema([ColSpec("double", "a"), ColSpec("string", "b")]),

@@ -130,7 +130,9 @@ class Task(ABC):
             )
             if not ok_type:
                 want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in spec.types)
-                problems.append(f"model.options.{key}: expected {want} ({spec.description}), got {value!r}")
+                problems.append(
+                    f"model.options.{key}: expected {want} ({spec.description}), got {value!r}"
+                )
                 continue
             if spec.check is not None:
                 problem = spec.check(value)
@@ -163,7 +165,9 @@ class Task(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str) -> LoadedModel:
+    def load(
+        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
+    ) -> LoadedModel:
         """Load the model on this executor (called once per Python worker)."""
 
 
@@ -240,5 +244,7 @@ def text_invalid_rows(inputs: pd.DataFrame) -> dict[int, str]:
         # Cheap vectorised type check; only odd rows pay a Python-level look.
         not_str = ~values.map(type).eq(str).to_numpy() & ~nulls
         for i in np.flatnonzero(not_str):
-            problems[int(i)] = f"input column {col!r} is not a string: {type(values.iloc[i]).__name__}"
+            problems[int(i)] = (
+                f"input column {col!r} is not a string: {type(values.iloc[i]).__name__}"
+            )
     return problems

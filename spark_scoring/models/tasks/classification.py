@@ -37,19 +37,32 @@ class TextClassificationTask(Task):
 
     name = "text-classification"
     options = {
-        "return_all_scores": OptionSpec((bool,), "also output `scores`, a map label -> score over all classes"),
+        "return_all_scores": OptionSpec(
+            (bool,), "also output `scores`, a map label -> score over all classes"
+        ),
     }
 
     @classmethod
     def output_fields(cls, model_dir: str, options: Mapping[str, Any]) -> list[StructField]:
-        fields = [StructField("label", StringType(), True), StructField("score", DoubleType(), True)]
+        fields = [
+            StructField("label", StringType(), True),
+            StructField("score", DoubleType(), True),
+        ]
         if options.get("return_all_scores", False):
-            fields.append(StructField("scores", MapType(StringType(), DoubleType(), valueContainsNull=False), True))
+            fields.append(
+                StructField(
+                    "scores", MapType(StringType(), DoubleType(), valueContainsNull=False), True
+                )
+            )
         return fields
 
     @classmethod
-    def load(cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str) -> LoadedModel:
-        return _ClassifierModel(model_dir, device, precision, bool(options.get("return_all_scores", False)))
+    def load(
+        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
+    ) -> LoadedModel:
+        return _ClassifierModel(
+            model_dir, device, precision, bool(options.get("return_all_scores", False))
+        )
 
 
 class _ClassifierModel(LoadedModel):
@@ -61,14 +74,19 @@ class _ClassifierModel(LoadedModel):
         self.device, self.precision, self.all_scores = device, precision, all_scores
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = (
-            AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+            AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+            .to(device)
+            .eval()
         )
         cfg = self.model.config
         self.max_length = model_max_length(self.tokenizer, cfg)
         self.multi_label = getattr(cfg, "problem_type", None) == "multi_label_classification"
         n = cfg.num_labels
         id2label = getattr(cfg, "id2label", None) or {}
-        self.labels = np.array([str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)], dtype=object)
+        self.labels = np.array(
+            [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)],
+            dtype=object,
+        )
         self.outputs = {"label": "string", "score": "double"}
         if all_scores:
             self.outputs["scores"] = "map"
@@ -100,5 +118,5 @@ class _ClassifierModel(LoadedModel):
         }
         if self.all_scores:
             labels = self.labels.tolist()
-            out["scores"] = [dict(zip(labels, row)) for row in probs.tolist()]
+            out["scores"] = [dict(zip(labels, row, strict=True)) for row in probs.tolist()]
         return out

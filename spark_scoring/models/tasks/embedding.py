@@ -40,7 +40,9 @@ class EmbeddingTask(Task):
         return [StructField("embedding", ArrayType(FloatType(), containsNull=False), nullable=True)]
 
     @classmethod
-    def load(cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str) -> LoadedModel:
+    def load(
+        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
+    ) -> LoadedModel:
         quiet_transformers()
         if (Path(model_dir) / "modules.json").is_file():
             return _SentenceTransformerModel(model_dir, device, precision)

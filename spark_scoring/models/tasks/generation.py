@@ -53,9 +53,13 @@ class TextGenerationTask(Task):
 
     name = "text-generation"
     options = {
-        "max_new_tokens": OptionSpec((int,), f"tokens to generate per row, default {DEFAULT_MAX_NEW_TOKENS}", positive_int),
+        "max_new_tokens": OptionSpec(
+            (int,), f"tokens to generate per row, default {DEFAULT_MAX_NEW_TOKENS}", positive_int
+        ),
         "do_sample": OptionSpec((bool,), "sample instead of greedy decoding, default false"),
-        "seed": OptionSpec((int,), "seed for sampling, set before every batch, default 0", non_negative_int),
+        "seed": OptionSpec(
+            (int,), "seed for sampling, set before every batch, default 0", non_negative_int
+        ),
         "temperature": OptionSpec((int, float), "sampling temperature > 0", positive_number),
         "top_p": OptionSpec((int, float), "nucleus sampling probability in (0, 1]", probability),
         "top_k": OptionSpec((int,), "sample from the k most likely tokens, k >= 1", positive_int),
@@ -66,7 +70,9 @@ class TextGenerationTask(Task):
         return [StructField("generated_text", StringType(), True)]
 
     @classmethod
-    def load(cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str) -> LoadedModel:
+    def load(
+        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
+    ) -> LoadedModel:
         return _GeneratorModel(model_dir, dict(options), device, precision)
 
 
@@ -101,11 +107,15 @@ class _GeneratorModel(LoadedModel):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self.tokenizer = tok
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+        )
         self.kwargs = generation_kwargs(options, tok.pad_token_id)
         self.seed = int(options.get("seed", 0))
         self.row_overhead = self.kwargs["max_new_tokens"]
-        self.max_length = max(1, model_max_length(tok, self.model.config, fallback=2048) - self.row_overhead)
+        self.max_length = max(
+            1, model_max_length(tok, self.model.config, fallback=2048) - self.row_overhead
+        )
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.empty_prompt = [start] if start is not None else [tok.pad_token_id]
 
@@ -114,7 +124,9 @@ class _GeneratorModel(LoadedModel):
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids per prompt (truncated; never empty)."""
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)[
+            "input_ids"
+        ]
         return [row if row else list(self.empty_prompt) for row in ids]
 
     def lengths(self, inputs: pd.DataFrame) -> np.ndarray:
@@ -125,7 +137,9 @@ class _GeneratorModel(LoadedModel):
         import torch
 
         ids = self.encode(inputs.iloc[:, 0].tolist())
-        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
+        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(
+            self.device
+        )
         if self.kwargs["do_sample"]:
             torch.manual_seed(self.seed)
         with torch.inference_mode(), autocast_context(self.device, self.precision):

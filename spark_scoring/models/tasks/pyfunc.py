@@ -57,7 +57,9 @@ class PyfuncTask(Task):
         return [StructField(name, dtype, True) for name, dtype in _output_specs(model_dir)]
 
     @classmethod
-    def load(cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str) -> LoadedModel:
+    def load(
+        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
+    ) -> LoadedModel:
         return _PyfuncModel(model_dir)
 
 
@@ -66,10 +68,14 @@ def _read_signature(model_dir: str) -> Any:
 
     mlmodel = Path(model_dir) / "MLmodel"
     if not mlmodel.is_file():
-        raise FileNotFoundError(f"no MLmodel file in {model_dir!r}; is this an MLflow model directory?")
+        raise FileNotFoundError(
+            f"no MLmodel file in {model_dir!r}; is this an MLflow model directory?"
+        )
     model = Model.load(str(mlmodel))
     if "python_function" not in model.flavors:
-        raise ValueError(f"the model has no python_function flavor (flavors: {sorted(model.flavors)})")
+        raise ValueError(
+            f"the model has no python_function flavor (flavors: {sorted(model.flavors)})"
+        )
     return model.signature
 
 
@@ -85,7 +91,9 @@ def _output_specs(model_dir: str) -> list[tuple[str, DataType]]:
     if outputs.is_tensor_spec():
         specs = outputs.inputs
         if len(specs) != 1:
-            raise ValueError(f"only a single tensor output is supported, the signature has {len(specs)}")
+            raise ValueError(
+                f"only a single tensor output is supported, the signature has {len(specs)}"
+            )
         spec = specs[0]
         base = _numpy_to_spark(spec.type)
         shape = tuple(spec.shape)
@@ -194,4 +202,3 @@ def _to_columns(result: Any, names: list[str]) -> Mapping[str, Any]:
     if isinstance(result, np.ndarray):
         return {names[0]: result.tolist() if result.ndim == 1 else [row.tolist() for row in result]}
     return {names[0]: result}
-
