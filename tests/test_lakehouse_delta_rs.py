@@ -275,3 +275,26 @@ def test_a_write_killed_before_its_commit_publishes_nothing(lake, table, tmp_pat
     assert dt_.version() == 0
     assert sorted(pa.table(dt_.to_pyarrow_table()).column("id").to_pylist()) == [1, 2, 3]
     assert sorted(r["id"] for r in lake.read(table, lake.latest_version(table)).collect()) == [1, 2, 3]
+
+
+def test_typed_partition_columns_written_by_another_writer(lake, tmp_path):
+    """delta-rs hands date/int partition values back typed; the lakehouse speaks strings."""
+    import datetime as dt
+
+    path = str(tmp_path / "typed")
+    deltalake.write_deltalake(
+        path,
+        pa.table({"id": [1, 2, 3], "day": pa.array([dt.date(2026, 1, 1), dt.date(2026, 1, 2), None]),
+                  "n": pa.array([5, 6, 7], pa.int32())}),
+        partition_by=["day", "n"],
+    )
+    values = sorted((f.partition_values["day"] or "", f.partition_values["n"]) for f in lake.files(path, 0))
+    assert values == [("", "7"), ("2026-01-01", "5"), ("2026-01-02", "6")]
+    rows = lake.read(path, 0, partitions=[{"day": "2026-01-02", "n": "6"}, {"day": None, "n": "7"}]).collect()
+    assert sorted((r.id, r.day, r.n) for r in rows) == [(2, dt.date(2026, 1, 2), 6), (3, None, 7)]
+    out = str(tmp_path / "typed_out")
+    lake.write(lake.read(path, 0), out, mode="overwrite", partition_by=["day"])
+    replaced = lake.write(lake.read(path, 0).filter("id = 2"), out, mode="replace_partitions",
+                          partitions=[{"day": "2026-01-02"}, {"day": "2026-01-01"}], expected_version=0)
+    assert replaced.version == 1
+    assert sorted(deltalake.DeltaTable(out).to_pandas()["id"]) == [2, 3]

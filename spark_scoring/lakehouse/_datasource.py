@@ -185,6 +185,9 @@ def active_files(delta_table) -> list[dict[str, Any]]:
     actions = pa.table(delta_table.get_add_actions(flatten=False))
     columns = actions.column_names
     root = table_root(delta_table)
+    # delta-rs hands partition values back typed (a date, an int); everything above this
+    # function works with Delta's string form, so convert them back.
+    types = {f.name: f.dataType for f in spark_schema(delta_table).fields}
     files = []
     for row in actions.to_pylist():
         log_path = row["path"]
@@ -196,7 +199,11 @@ def active_files(delta_table) -> list[dict[str, Any]]:
                 "location": location,
                 "size": int(row["size_bytes"]),
                 "num_records": row.get("num_records"),
-                "partition_values": dict(row["partition"] or {}) if "partition" in columns else {},
+                "partition_values": {
+                    col: value if value is None or isinstance(value, str)
+                    else parts.to_partition_string(value, types[col], col)
+                    for col, value in (row["partition"] or {}).items()
+                } if "partition" in columns else {},
             }
         )
     return files
