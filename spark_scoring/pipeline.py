@@ -484,10 +484,9 @@ def _score_and_commit(
             spark, model_dir=resolved.local_dir, model_uri=resolved.resolved_uri, model_cfg=cfg.model, model_id=identity
         )
         stats = udf.ScoringStats(spark)
-    if cfg.run.num_partitions:
-        to_score = to_score.repartition(cfg.run.num_partitions)
-    else:
-        to_score = to_score.repartition(max(1, spark.sparkContext.defaultParallelism))
+    # Spread the rows evenly over the cores; a few partitions per core keep every core busy
+    # to the end and the progress line moving, while each still sorts thousands of rows.
+    to_score = to_score.repartition(cfg.run.num_partitions or max(1, 4 * spark.sparkContext.defaultParallelism))
     scored = _with_lineage(udf.score(to_score, spec, stats), resolved, tracker.run_id, ctx.source_version)
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:

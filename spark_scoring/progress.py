@@ -36,7 +36,9 @@ def progress_line(label: str, tasks_done: int, tasks_total: int, rows_done: int,
         eta = (rows_total - rows_done) / rate if rate > 0 else None
         rows = f"{rows_done:,}/{rows_total:,} rows ({pct:.0f}%)"
     else:
-        eta, rows = None, f"{rows_done:,} rows"
+        # Without a row total, extrapolate from the partitions (Spark tasks) finished so far.
+        eta = elapsed * (tasks_total - tasks_done) / tasks_done if tasks_done else None
+        rows = f"{rows_done:,} rows"
     return f"{label}: {tasks_done}/{tasks_total} partitions, {rows}, {rate:,.0f} rows/s, ETA {format_eta(eta)}"
 
 
@@ -70,6 +72,7 @@ class Progress:
         self._thread: threading.Thread | None = None
         self._start = 0.0
         self._printed = False
+        self._last_total = 0
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
 
     def __enter__(self) -> Progress:
@@ -101,8 +104,12 @@ class Progress:
             rows = int(self._rows_done())
         except Exception:  # noqa: BLE001 - progress must never break a run
             return
-        if final and total == 0 and not self._printed:
-            return
+        if total:
+            self._last_total = total
+        elif final:  # the stage is over: report it complete rather than "0/0"
+            if not self._printed:
+                return
+            done = total = self._last_total
         line = progress_line(self._label, done, total, rows, self._rows_total, time.monotonic() - self._start)
         if self._tty:
             self._stream.write("\r\033[K" + line + ("\n" if final else ""))

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -20,6 +21,7 @@ from spark_scoring.config import SparkConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_MASTER = "local[*]"
+_QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
 
 #: Settings the scoring engine relies on; applied only where nobody set them.
 DEFAULT_CONF: Mapping[str, str] = {
@@ -51,6 +53,14 @@ def get_spark(config: SparkConfig | None = None, app_name: str = "spark-scoring"
     for key, value in {**DEFAULT_CONF, **config.conf}.items():
         if not submitted.contains(key):
             builder = builder.config(key, value)
+    if not submitted.contains("spark.driver.extraJavaOptions") and "spark.driver.extraJavaOptions" not in config.conf:
+        verbose = logging.getLogger("spark_scoring").isEnabledFor(logging.DEBUG)
+        if not verbose:  # no JVM log spam on the console by default
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}")
+    master = submitted.get("spark.master", config.master or DEFAULT_MASTER)
+    if master.startswith("local") and "SPARK_LOCAL_IP" not in os.environ:
+        # Local mode binds to loopback; saying so avoids a warning about the host name.
+        os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     if not submitted.contains("spark.pyspark.python") and "PYSPARK_PYTHON" not in os.environ:
         # Executors must run the same interpreter (and so the same packages) as the driver.
         os.environ["PYSPARK_PYTHON"] = sys.executable
