@@ -32,9 +32,6 @@ from spark_scoring.errors import UsageError  # noqa: E402
 
 DATES = [date(2024, 5, 1), date(2024, 5, 2), date(2024, 5, 3)]
 T0 = datetime(2024, 5, 5, 2, 0, tzinfo=timezone.utc)
-# Delta stores partition values as strings. Typed (date) partitions do not read through the
-# delta-rs backend yet: see test_load_scored_of_a_date_partitioned_table.
-PARTITION_TYPE = pa.string()
 MODEL_URI = "models:/reviews-embedder/3"
 
 LINEAGE_FIELDS = [
@@ -49,7 +46,7 @@ LINEAGE_FIELDS = [
 EMBEDDING_SCHEMA = pa.schema(
     [
         pa.field("id", pa.int64()),
-        pa.field("event_date", PARTITION_TYPE),
+        pa.field("event_date", pa.date32()),
         pa.field("text", pa.string()),
         pa.field("embedding", pa.list_(pa.float32())),
         *LINEAGE_FIELDS,
@@ -58,7 +55,7 @@ EMBEDDING_SCHEMA = pa.schema(
 CLASSIFICATION_SCHEMA = pa.schema(
     [
         pa.field("id", pa.int64()),
-        pa.field("event_date", PARTITION_TYPE),
+        pa.field("event_date", pa.date32()),
         pa.field("text", pa.string()),
         pa.field("label", pa.string()),
         pa.field("score", pa.float64()),
@@ -126,8 +123,6 @@ def _meta(run_id, *, mode, rows_scored, rows_carried, rows_failed, partitions, m
 
 
 def _write(path, rows, schema, *, mode, meta, predicate=None):
-    if pa.types.is_string(PARTITION_TYPE):
-        rows = [{**r, "event_date": str(r["event_date"])} for r in rows]
     table = pa.Table.from_pylist(rows, schema=schema)
     deltalake.write_deltalake(
         path,
@@ -379,27 +374,6 @@ def test_load_scored_latest_given_and_negative_versions(spark, tables):
     assert set(before_latest["run_id"]) == {tables.run_a, tables.run_b}
     with pytest.raises(UsageError, match="versions run from 0 to 2"):
         explore.load_scored(tables.embedding, 5, spark=spark)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="delta-rs backend: active_files() passes typed partition values (datetime.date) "
-    "where Delta's string form is expected; flip PARTITION_TYPE to pa.date32() once fixed",
-)
-def test_load_scored_of_a_date_partitioned_table(spark, tmp_path):
-    path = str(tmp_path / "dated")
-    rows = _rows(
-        range(3), date(2024, 5, 1), "r1", T0, source_version=0, rng=np.random.default_rng(0)
-    )
-    deltalake.write_deltalake(
-        path,
-        pa.Table.from_pylist(
-            rows, schema=EMBEDDING_SCHEMA.set(1, pa.field("event_date", pa.date32()))
-        ),
-        partition_by=["event_date"],
-    )
-    got = explore.load_scored(path, spark=spark, as_pandas=True)
-    assert sorted(got["id"]) == [0, 1, 2] and set(got["event_date"]) == {date(2024, 5, 1)}
 
 
 def test_compare_versions_counts_rows_by_key(spark, tables):
