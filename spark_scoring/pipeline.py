@@ -646,6 +646,7 @@ def _commit_metadata(
         "run_id": run_id,
         "job": cfg.name,
         "mode": mode,
+        "key": cfg.source.key,
         "source_table": cfg.source.table,
         "source_version": str(plan.source_version),
         "source_version_start": "" if plan.since_version is None else str(plan.since_version),
