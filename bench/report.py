@@ -95,7 +95,7 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target with its measured value, limit, PASS/MISS and margin."""
     found: list[dict[str, Any]] = []
     tp = out.get("throughput")
-    if tp:
+    if tp and tp.get("results"):
         res = {r["name"]: r for r in _plain(tp["results"])}
         ours = res.get("spark-scoring nightly run")
         if ours:
@@ -110,7 +110,7 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
                     "margin": f"{ratio:.2f}x",
                 })
     growth = out.get("growth")
-    if growth:
+    if growth and growth.get("runs"):
         by = {r["label"]: r for r in growth["runs"]}
         zero, one, full = by.get("0% new"), by.get("1% new"), by.get("100% (full refresh)")
         if zero:
@@ -201,6 +201,7 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         f"Command: `{out['command']}`" + (" (quick: development sizes, not for quoting)" if out.get("quick") else ""),
         "",
+        *([f"**INCOMPLETE: {out['incomplete']}**", ""] if out.get("incomplete") else []),
         f"Machine: {m['cores_logical']} logical cores (local[{m['cores_used']}]), {m['memory_gib']} GiB, "
         f"{m['cpu_model']}; GPU: {gpu}; load average at start {m.get('load_avg_at_start')}. "
         f"Python {m['python']}, torch {v.get('torch')}, pyspark {v.get('pyspark')}, deltalake {v.get('deltalake')}, "

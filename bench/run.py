@@ -25,10 +25,11 @@ import datetime as dt
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,11 @@ def _job_config(work: Path, name: str, source: Path, model_dir: str, overrides: 
 # --------------------------------------------------------------------------------------
 
 
-def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: list[str]) -> dict[str, Any]:
+def _throughput(
+    args: argparse.Namespace, work: Path, model_dir: str, texts: list[str], section: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """Fill `section` peer by peer, saving the results files after each one."""
     from bench import data, peers
 
     n = args.cores
@@ -140,10 +145,14 @@ def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: lis
     parquet = data.write_parquet(work / "texts.parquet", texts)
     warmup_rows = min(len(texts), max(8 * n, 32))
     results: list[peers.PeerResult] = []
+    gpu: dict[str, Any] = {"available": False, "note": "no GPU on this machine"}
+    section.update({"rows": len(texts), "source_days": days, "results": results, "gpu": gpu,
+                    "overrides": list(args.overrides)})
 
     _log(f"plain process: {len(texts)} texts, {n} torch threads")
     results.append(peers.plain_process(model_dir, texts, threads=n))
     _log(f"  {results[-1].rows_per_s:.1f} rows/s")
+    save()
 
     spark = _spark(n)
     cfg = _job_config(work, "bench_minilm", work / "src", model_dir, args.overrides)
@@ -151,11 +160,13 @@ def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: lis
     _log("spark-scoring nightly run (warm-up run, then the full run)")
     results.append(peers.our_pipeline_peer(spark, warm_cfg, cfg))
     _log(f"  {results[-1].rows_per_s:.1f} rows/s marginal, run {results[-1].extra['run_wall_s']} s")
+    save()
 
     _log("Spark predict_batch_udf")
     spark = _spark(n)
     results.append(peers.predict_batch_udf_peer(spark, model_dir, parquet, partitions=n, warmup_rows=warmup_rows))
     _log(f"  {results[-1].rows_per_s:.1f} rows/s")
+    save()
 
     _log("MLflow spark_udf")
     spark = _spark(n)
@@ -163,6 +174,7 @@ def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: lis
         peers.mlflow_spark_udf_peer(spark, model_dir, parquet, str(work), partitions=n, warmup_rows=warmup_rows)
     )
     _log(f"  {results[-1].rows_per_s:.1f} rows/s")
+    save()
 
     _log(f"naive row-at-a-time UDF on {args.naive_sample} rows")
     spark = _spark(n)
@@ -171,15 +183,17 @@ def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: lis
                              sample_rows=args.naive_sample)
     )
     _log(f"  {results[-1].rows_per_s:.1f} rows/s (extrapolated to {len(texts)} rows)")
+    save()
 
-    gpu: dict[str, Any] = {"available": False, "note": "no GPU on this machine"}
     if _cuda_available():
         import torch
 
         _log("GPU: plain process and our run in bf16")
-        gpu = {"available": True, "name": torch.cuda.get_device_name(0), "results": []}
+        gpu.clear()
+        gpu.update({"available": True, "name": torch.cuda.get_device_name(0), "results": []})
         gpu["results"].append(peers.plain_process(model_dir, texts, threads=n, device="cuda", precision="bf16"))
         gpu["results"][-1].name = "plain process (cuda, bf16)"
+        save()
         spark = _spark(n)
         over = [*args.overrides, "model.precision=bf16", "model.device=cuda"]
         gpu_cfg = _job_config(work, "bench_minilm_gpu", work / "src", model_dir, over)
@@ -187,8 +201,7 @@ def _throughput(args: argparse.Namespace, work: Path, model_dir: str, texts: lis
         gpu["results"].append(
             peers.our_pipeline_peer(spark, gpu_warm, gpu_cfg, name="spark-scoring nightly run (cuda, bf16)")
         )
-    return {"rows": len(texts), "source_days": days, "results": results, "gpu": gpu,
-            "overrides": list(args.overrides)}
+        save()
 
 
 def _cuda_available() -> bool:
@@ -205,7 +218,10 @@ def _cuda_available() -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, Any]:
+def _growth(
+    args: argparse.Namespace, work: Path, model_dir: str, section: dict[str, Any], save: Callable[[], None]
+) -> None:
+    """Fill `section` run by run, saving the results files after each one."""
     from bench import data
     from spark_scoring import pipeline
 
@@ -220,6 +236,11 @@ def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, A
     cfg = _job_config(work, "bench_growth", src, tiny)
     next_id = base + 1
     runs: list[dict[str, Any]] = []
+    section.update({
+        "base_rows": base, "days": len(days), "late_share": LATE_SHARE, "runs": runs,
+        "model": ("tiny random BERT stand-in (BertConfig hidden_size=32, 2 layers, 2 heads, "
+                  "intermediate 64, MiniLM's tokenizer), mean-pooled by the embedding task"),
+    })
 
     def timed_run(label: str, fraction: float | None, new_rows: int, late_rows: int, full: bool) -> None:
         t = time.perf_counter()
@@ -233,6 +254,7 @@ def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, A
             "output_version": res.output_version,
         })
         _log(f"  {label}: {res.status}, scored {res.rows_scored:,}, carried {res.rows_carried:,}, {wall:.1f} s")
+        save()
 
     def append(new_total: int, late: int, step: int) -> None:
         nonlocal next_id
@@ -269,9 +291,6 @@ def _growth(args: argparse.Namespace, work: Path, model_dir: str) -> dict[str, A
         late = int(round(new_total * LATE_SHARE))
         append(new_total, late, step)
         timed_run(f"{fraction:.0%} new", fraction, new_total - late, late, full=False)
-    return {"base_rows": base, "days": len(days), "late_share": LATE_SHARE, "runs": runs,
-            "model": ("tiny random BERT stand-in (BertConfig hidden_size=32, 2 layers, 2 heads, "
-                      "intermediate 64, MiniLM's tokenizer), mean-pooled by the embedding task")}
 
 
 # --------------------------------------------------------------------------------------
@@ -299,12 +318,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "machine": report.machine_info(args.cores),
     }
+
+    def save() -> tuple[Path, Path]:
+        out["total_s"] = round(time.perf_counter() - t0, 1)
+        return report.write(out, args.out, started.date())
+
+    # A killed run (timeout, Ctrl-C) still leaves the figures measured so far, marked incomplete.
+    signal.signal(signal.SIGTERM, _terminate)
+    out["incomplete"] = "the run was interrupted; figures so far only"
     try:
         if not args.skip_peers:
             texts = data.review_texts(args.rows)
-            out["throughput"] = _throughput(args, work, model_dir, texts)
+            _throughput(args, work, model_dir, texts, out.setdefault("throughput", {}), save)
         if not args.skip_growth:
-            out["growth"] = _growth(args, work, model_dir)
+            _growth(args, work, model_dir, out.setdefault("growth", {}), save)
+        del out["incomplete"]
+    except BaseException as exc:
+        out["incomplete"] = f"the run stopped early ({type(exc).__name__}: {exc}); figures so far only"
+        save()
+        raise
     finally:
         from pyspark.sql import SparkSession
 
@@ -313,11 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             active.stop()
         if not args.keep_tmp:
             shutil.rmtree(work, ignore_errors=True)
-    out["total_s"] = round(time.perf_counter() - t0, 1)
-    json_path, md_path = report.write(out, args.out, started.date())
+    json_path, md_path = save()
     _log(f"done in {out['total_s']} s: {json_path} and {md_path}")
     print(md_path.read_text(encoding="utf-8"))
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
