@@ -1,7 +1,7 @@
 """The thin Spark wrapper: ship the model, score a DataFrame on the executors.
 
 Driver side: `prepare_model` checks the model directory cheaply and ships it to the
-executors (`SparkContext.addFile(dir, recursive=True)` when the master is not local), and
+executors (one tar via `SparkContext.addArchive` when the master is not local), and
 returns a small picklable `ModelSpec`. `score` adds the task's output columns and `error`
 to a DataFrame with `mapInPandas`.
 
@@ -17,9 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
+import shutil
+import tarfile
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +52,9 @@ class ModelSpec:
         model_uri: the resolved URI (for messages and lineage).
         task: registered task name.
         model_dir: the local model directory on the driver.
-        shipped_name: name under which the directory was shipped with `addFile`
-            (executors resolve it with `SparkFiles.get`), or None when executors read
-            `model_dir` directly (local master).
+        shipped_name: name of the archive the directory was shipped as (executors
+            resolve the unpacked copy with `SparkFiles.get`), or None when executors
+            read `model_dir` directly (local master).
         input_columns: the input column(s).
         options: task options (plain dict).
         batch: packing settings.
@@ -82,13 +86,13 @@ def prepare_model(
 
     The check is cheap (directory exists; its config/MLmodel is readable); the weights
     load on the executors. On a non-local master the directory is shipped once per
-    executor with `SparkContext.addFile(dir, recursive=True)`; `local[...]` masters read
-    the path directly.
+    executor as one tar archive (`SparkContext.addArchive`; Spark refuses `addFile` of a
+    local directory on a cluster), unpacked there and found with `SparkFiles.get`;
+    `local[...]` masters read the path directly.
 
     Raises:
-        ModelError: the directory is missing or not a model this task can load (the
-            message names the URI and the cause), or its name clashes with a different
-            directory already shipped.
+        ModelError: the directory is missing or not a model this task can load, or it
+            could not be shipped (the message names the URI and the cause).
         ConfigError: bad task options.
     """
     task = get_task(model_cfg.task)
@@ -118,7 +122,7 @@ def prepare_model(
     shipped_name = None
     master = spark.sparkContext.master
     if not _is_local_master(master):
-        shipped_name = _ship(spark, path, model_uri)
+        shipped_name = _ship(spark, path.resolve(), model_id, model_uri)
     return ModelSpec(
         model_id=model_id,
         model_uri=model_uri,
@@ -139,19 +143,38 @@ def _is_local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
-def _ship(spark: SparkSession, path: Path, model_uri: str) -> str:
+def _ship(spark: SparkSession, path: Path, model_id: str, model_uri: str) -> str:
+    """Pack the model directory into one uncompressed tar and ship it with `addArchive`.
+
+    Spark refuses `addFile(local_dir, recursive=True)` on a non-local master
+    (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY: directories only ship from Hadoop file
+    systems), and flat `addFile` per file would clash on names such as `config.json` in
+    sub-folders. An archive keeps the layout; each executor fetches and unpacks it once,
+    and `SparkFiles.get(name)` is the unpacked directory. The name carries the model id,
+    so two models never clash. The tar stays on the driver for the application's life
+    (executors that join later fetch it too); it is removed when the driver exits.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model_id}-{path.name}") + ".tar"
     sc = spark.sparkContext
-    resolved = path.resolve()
-    name = resolved.name
-    for uri in sc.listFiles:
-        existing = uri.split(":", 1)[-1] if uri.startswith("file:") else uri
-        if Path(existing.rstrip("/")).name == name and Path(existing).resolve() != resolved:
-            raise ModelError(
-                f"model {model_uri}: another directory named {name!r} ({uri}) was already shipped "
-                "to the executors in this Spark application; Spark cannot ship two files with the "
-                "same name. Use a fresh Spark application or a model directory with another name."
-            )
-    sc.addFile(str(resolved), recursive=True)
+    if any(uri.rstrip("/").endswith("/" + name) for uri in sc.listArchives):
+        return name  # already shipped in this application
+    staging = Path(tempfile.mkdtemp(prefix="spark-scoring-ship-"))
+    atexit.register(shutil.rmtree, staging, True)
+    try:
+        archive = staging / name
+        # Entries relative to the directory, with no "./" entry: Hadoop's unpacker refuses
+        # an entry named "./" as "outside" the target directory.
+        with tarfile.open(archive, "w") as tar:
+            for item in sorted(path.rglob("*")):
+                if item.is_file():
+                    tar.add(item, arcname=item.relative_to(path).as_posix())
+        sc.addArchive(str(archive))
+    except Exception as exc:
+        raise ModelError(
+            f"model {model_uri}: could not ship {str(path)!r} to the executors: "
+            f"{type(exc).__name__}: {_one_line(exc)}"
+        ) from exc
+    log.info("shipped model %s to the executors as %s", model_uri, name)
     return name
 
 

@@ -293,3 +293,87 @@ def test_embedding_on_gpu_matches_cpu(spark, minilm_dir, minilm_ref):
         rows = sorted(udf.score(df, spec).collect(), key=lambda r: r.id)
         assert all(r.error is None for r in rows)
         np.testing.assert_allclose(np.array([r.embedding for r in rows]), expected, atol=atol)
+
+
+_CLUSTER_SCRIPT = r"""
+import json, os, sys
+import pandas as pd
+from pyspark.sql import SparkSession
+from spark_scoring import udf
+from spark_scoring.config import ModelConfig
+
+model_dir = sys.argv[1]
+spark = (
+    SparkSession.builder.master("local-cluster[1,1,1024]")
+    .config("spark.ui.enabled", "false")
+    .config("spark.python.worker.reuse", "true")
+    .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    .getOrCreate()
+)
+spark.sparkContext.setLogLevel("ERROR")
+cfg = ModelConfig(uri="file://" + model_dir, task="embedding", input=("text",))
+spec = udf.prepare_model(spark, model_dir=model_dir, model_uri=cfg.uri, model_cfg=cfg, model_id="cluster")
+df = spark.createDataFrame([(1, "hello"), (2, None), (3, "spark")], "id long, text string")
+rows = sorted(udf.score(df, spec).collect(), key=lambda r: r.id)
+
+
+def where(it):
+    for _ in it:
+        yield pd.DataFrame({"dir": [udf._local_model_dir(spec)], "pid": [os.getpid()]})
+
+
+used = spark.range(1).mapInPandas(where, "dir string, pid long").collect()[0]
+print("RESULT " + json.dumps({
+    "shipped_name": spec.shipped_name,
+    "executor_dir": used.dir,
+    "embeddings": [r.embedding for r in rows],
+    "errors": [r.error for r in rows],
+}))
+spark.stop()
+"""
+
+
+@pytest.mark.cluster
+def test_model_is_shipped_to_separate_executors(tmp_path, tiny_models):  # noqa: F811
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "cluster_job.py"
+    script.write_text(_CLUSTER_SCRIPT, encoding="utf-8")
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYTHONPATH": str(udf.Path(__file__).parents[1]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), tiny_models.bert_mean],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["shipped_name"] == "cluster-bert_mean.tar"
+    # the executor read the copy Spark shipped and unpacked, not the driver's directory
+    executor_dir = udf.Path(result["executor_dir"])
+    assert executor_dir.name == "cluster-bert_mean.tar" and executor_dir.is_dir()
+    assert (executor_dir / "config.json").is_file()
+    app_dir = executor_dir.parents[
+        1
+    ]  # SPARK_HOME/work/app-*/<executor>/ (local-cluster ignores SPARK_WORKER_DIR)
+    if app_dir.name.startswith("app-"):
+        shutil.rmtree(app_dir, ignore_errors=True)
+    assert result["errors"] == [None, "input column 'text' is null", None]
+    from spark_scoring.models.tasks import get_task
+
+    direct = get_task("embedding").load(tiny_models.bert_mean, {}, "cpu", "fp32")
+    import pandas as pd
+
+    expected = direct.predict(pd.DataFrame({"text": ["hello", "spark"]}))["embedding"]
+    got = np.array([result["embeddings"][0], result["embeddings"][2]])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
