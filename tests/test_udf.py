@@ -116,11 +116,13 @@ def _python_workers() -> int:
     """Python worker processes (and daemons) under this test process's Spark JVM."""
     import psutil
 
-    return sum(
-        1
-        for p in psutil.Process().children(recursive=True)
-        if "pyspark.daemon" in " ".join(p.cmdline())
-    )
+    count = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            count += "pyspark.daemon" in " ".join(proc.cmdline())
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+    return count
 
 
 def test_model_loads_once_per_worker_across_jobs(spark, minilm_dir):
