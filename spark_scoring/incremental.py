@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from spark_scoring.errors import HistoryGapError, ScoringError
@@ -96,6 +96,24 @@ class Plan:
         return "overwrite" if self.partitions is None else "replace_partitions"
 
 
+#: Delta operations that rewrite or annotate files without changing any row.
+DATA_NEUTRAL_OPERATIONS = frozenset(
+    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
+     "ADD CONSTRAINT", "DROP CONSTRAINT", "CHECKPOINT"}
+)
+
+
+def _only_data_neutral_commits(lake: Lakehouse, table: str, since: int, until: int) -> list[str]:
+    """The operations of versions since+1..until when ALL of them leave the rows unchanged
+    (OPTIMIZE, VACUUM, ...), else []: a compaction must not cost a rescore or a commit."""
+    wanted = until - since
+    commits = [c for c in lake.history(table, limit=wanted + 50) if since < c.version <= until]
+    if len(commits) != wanted:
+        return []  # history incomplete: let the file diff decide
+    operations = sorted({c.operation.upper() for c in commits})
+    return operations if all(op in DATA_NEUTRAL_OPERATIONS for op in operations) else []
+
+
 def changed_partitions(
     lake: Lakehouse, table: str, since_version: int, until_version: int, partition_by: Sequence[str]
 ) -> list[dict[str, str | None]]:
@@ -139,9 +157,17 @@ def make_plan(
     identity: str,
     on_change: str,
     full_refresh: bool,
+    source_table_id: str | None = None,
 ) -> Plan:
     """Decide what a nightly run does. Pure planning: reads only Delta logs, no rows."""
     base = {"source_version": source_version, "output_version": output_version}
+    recorded_id = previous.metadata.get(META + "source_table_id") if previous is not None else None
+    if not full_refresh and output_exists and recorded_id and source_table_id and recorded_id != source_table_id:
+        raise HistoryGapError(
+            f"source table {source_table!r} was recreated since the last run (table id {recorded_id} "
+            f"is now {source_table_id}), so its version numbers no longer continue from the watermark. "
+            "Nothing was published. Run with --full-refresh to rescore it from scratch."
+        )
     if full_refresh:
         return Plan("full", reason="--full-refresh: rescoring every row", **base)
     if not output_exists:
@@ -164,14 +190,14 @@ def make_plan(
             )
         if on_change == "rescore":
             return Plan("full", reason=f"model changed (was {old_uri}): rescoring every row (model.on_change=rescore)", **base)
-        since = _int(previous.metadata.get(META + "source_version"))
+        since = as_int(previous.metadata.get(META + "source_version"))
         if since is None:
             return Plan("full", reason="model changed and the last run's source version is unknown: scoring every row", **base)
     elif watermark is not None:
         since = watermark
     else:
         assert previous is not None  # invariant: both None returned above
-        since = _int(previous.metadata.get(META + "source_version"))
+        since = as_int(previous.metadata.get(META + "source_version"))
         if since is None:
             return Plan("full", reason="the last run's source version is unknown: scoring every row", **base)
 
@@ -184,6 +210,12 @@ def make_plan(
         )
     if since == source_version:
         return Plan("nothing", since_version=since, reason=f"source unchanged since version {since}: nothing to do", **base)
+    neutral = _only_data_neutral_commits(lake, source_table, since, source_version)
+    if neutral:
+        return Plan(
+            "nothing", since_version=since,
+            reason=f"versions {since + 1}..{source_version} changed no data ({', '.join(neutral)})", **base,
+        )
     parts = changed_partitions(lake, source_table, since, source_version, partition_by)
     if not parts:
         return Plan(
@@ -199,7 +231,8 @@ def make_plan(
     )
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """int(value), or None for a missing or malformed value (commit metadata is all strings)."""
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -208,7 +241,7 @@ def _int(value: Any) -> int | None:
 
 def split_rows(
     source: DataFrame,
-    output: DataFrame | None,
+    output: DataFrame,
     *,
     key: str,
     passthrough_columns: Sequence[str],
@@ -217,26 +250,34 @@ def split_rows(
 ) -> tuple[DataFrame, DataFrame]:
     """Split the affected source rows into (rows to score, output rows carried over).
 
+    A source row is carried over only when the output holds a row for its key with the
+    same input hash, no error (a failed row is retried, as a full refresh would), and
+    (with `rescore_model_uri`) the same model. Everything else is scored; output keys
+    that left the source simply vanish.
+
     Args:
         source: affected source rows with an `input_hash` column.
-        output: the output rows of the same partitions (None when nothing to carry).
+        output: the output rows of the same partitions.
         key: the row key.
         passthrough_columns: key, partition and passthrough columns: taken from the
             source for carried rows too, so a full refresh would produce the same row.
         output_columns: columns the model and lineage produce (taken from the output).
         rescore_model_uri: when set, carried rows scored by another model are rescored.
     """
-    if output is None:
-        return source, None  # type: ignore[return-value]
     prev = output.select(
         F.col(key).alias("__key"),
         F.col(INPUT_HASH).alias("__prev_hash"),
         *[F.col(c).alias(f"__prev_{c}") for c in output_columns],
     )
+    # One previous row per key, whatever happened before: a duplicate in the output must
+    # never be carried twice (the newest scoring wins).
+    newest = Window.partitionBy("__key").orderBy(F.col("__prev_scored_at").desc_nulls_last(), F.col("__prev_run_id"))
+    prev = prev.withColumn("__rank", F.row_number().over(newest)).filter(F.col("__rank") == 1).drop("__rank")
     joined = source.join(prev, source[key] == prev["__key"], "left")
-    same = F.col("__key").isNotNull() & (F.col("__prev_hash") == F.col(INPUT_HASH))
+    same = F.col("__key").isNotNull() & F.col("__prev_hash").eqNullSafe(F.col(INPUT_HASH)) & F.col("__prev_error").isNull()
     if rescore_model_uri is not None:
-        same = same & (F.col("__prev_model_uri") == F.lit(rescore_model_uri))
+        same = same & F.col("__prev_model_uri").eqNullSafe(F.lit(rescore_model_uri))
+    same = F.coalesce(same, F.lit(False))  # never let a null drop a row from both sides
     to_score = joined.filter(~same).select(*source.columns)
     carried = joined.filter(same).select(
         *[F.col(c) for c in passthrough_columns],

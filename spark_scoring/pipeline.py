@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -113,6 +113,7 @@ class _Context:
     spark: SparkSession
     lake: Lakehouse
     source_version: int
+    source_table_id: str
     output_exists: bool
     output_version: int | None
 
@@ -160,6 +161,7 @@ def run(
             identity=identity,
             on_change=cfg.model.on_change,
             full_refresh=full_refresh,
+            source_table_id=ctx.source_table_id,
         )
     mode = "full-refresh" if full_refresh else "run"
     log.info("plan: %s", plan.reason)
@@ -177,7 +179,7 @@ def backfill(
     dry_run: bool = False,
     spark: SparkSession | None = None,
 ) -> RunResult:
-    """Rescore every row of the given partitions at the current source version.
+    """Rescore every row of the given partitions, at the source version of the last nightly run.
 
     Args:
         partitions: partitions to rescore, each a value (Delta string form) per partition column.
@@ -194,6 +196,14 @@ def backfill(
     phases = _Phases()
     with phases.phase("plan"):
         ctx = _open(cfg, spark)
+        if ctx.output_exists:
+            # Rescore at the source version the nightly output reflects, not the newest one:
+            # otherwise a row that moved partition since then would exist twice until the
+            # next nightly run (which then brings the rest of the table forward).
+            previous = inc.last_job_commit(ctx.lake.history(cfg.output.table, limit=200), cfg.name)
+            state = inc.as_int(previous.metadata.get(META + "source_version")) if previous else None
+            if state is not None and state != ctx.source_version:
+                ctx = replace(ctx, source_version=state)
         wanted = [dict(p) for p in partitions]
         if between is not None:
             wanted += _partitions_between(ctx, *between)
@@ -201,6 +211,7 @@ def backfill(
                 raise UsageError(
                     f"no source partition has {cfg.source.partition_by[0]} between {between[0]!r} and {between[1]!r}"
                 )
+        wanted = list({tuple(sorted(p.items(), key=str)): p for p in wanted}.values())
         for p in wanted:
             if set(p) != set(cfg.source.partition_by):
                 raise UsageError(
@@ -262,11 +273,11 @@ def status(cfg: JobConfig, *, spark: SparkSession | None = None) -> dict[str, An
                 "timestamp": c.timestamp.isoformat() if c.timestamp else None,
                 "mode": meta.get(META + "mode"),
                 "run_id": meta.get(META + "run_id"),
-                "source_version": _int_or_none(meta.get(META + "source_version")),
+                "source_version": inc.as_int(meta.get(META + "source_version")),
                 "model_uri": meta.get(META + "model_uri"),
-                "rows_scored": _int_or_none(meta.get(META + "rows_scored")),
-                "rows_carried": _int_or_none(meta.get(META + "rows_carried")),
-                "rows_failed": _int_or_none(meta.get(META + "rows_failed")),
+                "rows_scored": inc.as_int(meta.get(META + "rows_scored")),
+                "rows_carried": inc.as_int(meta.get(META + "rows_carried")),
+                "rows_failed": inc.as_int(meta.get(META + "rows_failed")),
             }
         )
     pending = None if watermark is None else max(0, ctx.source_version - watermark)
@@ -296,6 +307,7 @@ def _open(cfg: JobConfig, spark: SparkSession | None) -> _Context:
     spark = spark or get_spark(cfg.spark, app_name=cfg.name)
     lake = open_lakehouse(spark, cfg.lakehouse.engine)
     source_version = lake.latest_version(cfg.source.table)  # pinned for the whole run
+    source_table_id = lake.table_id(cfg.source.table)
     _check_source_schema(cfg, lake.schema(cfg.source.table, source_version), lake.partition_columns(cfg.source.table, source_version))
     output_exists = lake.exists(cfg.output.table)
     output_version = lake.latest_version(cfg.output.table) if output_exists else None
@@ -304,7 +316,7 @@ def _open(cfg: JobConfig, spark: SparkSession | None) -> _Context:
         cfg.source.table, source_version, cfg.output.table,
         f"at version {output_version}" if output_exists else "(new)", lake.engine,
     )
-    return _Context(cfg, spark, lake, source_version, output_exists, output_version)
+    return _Context(cfg, spark, lake, source_version, source_table_id, output_exists, output_version)
 
 
 def _check_source_schema(cfg: JobConfig, schema: StructType, partition_cols: Sequence[str]) -> None:
@@ -442,11 +454,16 @@ def _split(ctx: _Context, plan: Plan, resolved: ResolvedModel) -> tuple[DataFram
     src_cols = _row_columns(cfg)
     source = lake.read(cfg.source.table, ctx.source_version, partitions=plan.partitions, columns=src_cols)
     source = source.withColumn(INPUT_HASH, inc.input_hash(cfg.model.input))
-    _check_unique_keys(cfg, source)
+    if ctx.output_exists and plan.kind != "full":
+        out_schema = lake.schema(cfg.output.table, ctx.output_version)
+        _check_output_schema(cfg, lake.schema(cfg.source.table, ctx.source_version), out_schema)
+    # A partial plan sees only some partitions; a key must also be unique across the rest.
+    everywhere = None
+    if plan.partitions is not None:
+        everywhere = lake.read(cfg.source.table, ctx.source_version, columns=[cfg.source.key])
+    _check_unique_keys(cfg, source, everywhere)
     if plan.kind in ("full", "backfill") or not ctx.output_exists:
         return source, None
-    out_schema = lake.schema(cfg.output.table, ctx.output_version)
-    _check_output_schema(cfg, lake.schema(cfg.source.table, ctx.source_version), out_schema)
     output = lake.read(cfg.output.table, ctx.output_version, partitions=plan.partitions)
     fixed = set(_passthrough_columns(cfg)) | {INPUT_HASH}
     produced = [f.name for f in out_schema.fields if f.name not in fixed]
@@ -456,13 +473,20 @@ def _split(ctx: _Context, plan: Plan, resolved: ResolvedModel) -> tuple[DataFram
         key=cfg.source.key,
         passthrough_columns=_passthrough_columns(cfg),
         output_columns=produced,
+        # on_change=rescore: rows still holding another model's predictions (from a
+        # backfill or a new-rows-only period) are rescored too, as a full refresh would.
+        rescore_model_uri=resolved.resolved_uri if cfg.model.on_change == "rescore" else None,
     )
 
 
-def _check_unique_keys(cfg: JobConfig, source: DataFrame) -> None:
+def _check_unique_keys(cfg: JobConfig, source: DataFrame, everywhere: DataFrame | None = None) -> None:
+    """Every key of the rows to publish is non-null and appears once in the whole source."""
     key = cfg.source.key
+    keys = source.select(key)
+    if everywhere is not None:  # count the affected keys over the whole table
+        keys = everywhere.join(source.select(key).distinct(), key, "left_semi")
     bad = (
-        source.groupBy(key).count().filter((F.col("count") > 1) | F.col(key).isNull()).limit(5).collect()
+        keys.groupBy(key).count().filter((F.col("count") > 1) | F.col(key).isNull()).limit(5).collect()
     )
     if bad:
         sample = ", ".join(f"{r[key]!r} x{r['count']}" for r in bad)
@@ -488,7 +512,10 @@ def _score_and_commit(
     # to the end and the progress line moving, while each still sorts thousands of rows.
     to_score = to_score.repartition(cfg.run.num_partitions or max(1, 4 * spark.sparkContext.defaultParallelism))
     scored = _with_lineage(udf.score(to_score, spec, stats), resolved, tracker.run_id, ctx.source_version)
+    # Both frames are used several times (counts, error summary, the write): compute once.
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    if carried is not None:
+        carried = carried.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with phases.phase("score"):
             with Progress(spark.sparkContext, "scoring", lambda: stats.snapshot().get("rows", 0), enabled=cfg.run.progress):
@@ -503,11 +530,13 @@ def _score_and_commit(
         with phases.phase("commit"):
             result.rows_carried = carried.count() if carried is not None else 0
             result.rows_read = result.rows_scored + result.rows_carried
-            if result.rows_failed and cfg.errors.quarantine_table:
-                _quarantine(ctx, scored)
-            _check_budget(cfg, result)
+            over_budget = _over_budget(cfg, result)
+            if over_budget:
+                if cfg.errors.quarantine_table:
+                    _quarantine(ctx, scored)
+                raise ErrorBudgetExceeded(over_budget)
             final = _output_frame(cfg, scored, carried, spec)
-            metadata = _commit_metadata(cfg, plan, resolved, identity, tracker.run_id, result, mode)
+            metadata = _commit_metadata(cfg, plan, resolved, identity, tracker.run_id, result, mode, ctx.source_table_id)
             written = lake.write(
                 final,
                 cfg.output.table,
@@ -525,12 +554,21 @@ def _score_and_commit(
             return
         result.output_version = written.version
         result.status = "published"
-        tracker.set_output_version(written.version)
-        _log_distribution(tracker, cfg, scored, written.version)
         log.info("published output version %s: %d scored, %d carried, %d failed",
                  written.version, result.rows_scored, result.rows_carried, result.rows_failed)
+        # The data is published: from here on a failure is a warning, never "run failed".
+        try:
+            tracker.set_output_version(written.version)
+            if result.rows_failed and cfg.errors.quarantine_table:
+                _quarantine(ctx, scored)
+            _log_distribution(tracker, cfg, scored, written.version)
+        except Exception:  # noqa: BLE001 - see above
+            log.warning("output version %s is published, but recording it afterwards failed",
+                        written.version, exc_info=True)
     finally:
         scored.unpersist()
+        if carried is not None:
+            carried.unpersist()
 
 
 def _run_spark(action, resolved: ResolvedModel):
@@ -561,7 +599,7 @@ def _passthrough_columns(cfg: JobConfig) -> list[str]:
 
 
 def _with_lineage(scored: DataFrame, resolved: ResolvedModel, run_id: str, source_version: int) -> DataFrame:
-    scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    scored_at = datetime.now(timezone.utc)  # aware: Spark would read a naive value as local time
     return (
         scored.withColumn("model_uri", F.lit(resolved.resolved_uri))
         .withColumn("model_version", F.lit(resolved.version).cast("string"))
@@ -594,16 +632,17 @@ def _top_errors(cfg: JobConfig, scored: DataFrame, limit: int = 5) -> list[dict[
     return [{"error": r["error"], "rows": int(r["rows"]), "sample_keys": list(r["sample_keys"])} for r in rows]
 
 
-def _check_budget(cfg: JobConfig, result: RunResult) -> None:
+def _over_budget(cfg: JobConfig, result: RunResult) -> str | None:
+    """None within the error budget, else the message saying how many rows failed, why and which."""
     failed, scored = result.rows_failed, result.rows_scored
     if not failed:
-        return
+        return None
     rate = failed / scored if scored else 0.0
     over_rate = rate > cfg.errors.max_error_rate
     over_count = cfg.errors.max_errors is not None and failed > cfg.errors.max_errors
     if not (over_rate or over_count):
         log.warning("%d of %d rows failed (%.2f%%), within the error budget", failed, scored, 100 * rate)
-        return
+        return None
     limits = f"errors.max_error_rate={cfg.errors.max_error_rate}"
     if cfg.errors.max_errors is not None:
         limits += f", errors.max_errors={cfg.errors.max_errors}"
@@ -620,7 +659,7 @@ def _check_budget(cfg: JobConfig, result: RunResult) -> None:
            "; set errors.quarantine_table to keep the failed rows for inspection")
         + ", or raise the budget if these failures are expected."
     )
-    raise ErrorBudgetExceeded("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _quarantine(ctx: _Context, scored: DataFrame) -> None:
@@ -639,7 +678,8 @@ def _quarantine(ctx: _Context, scored: DataFrame) -> None:
 
 
 def _commit_metadata(
-    cfg: JobConfig, plan: Plan, resolved: ResolvedModel, identity: str, run_id: str, result: RunResult, mode: str
+    cfg: JobConfig, plan: Plan, resolved: ResolvedModel, identity: str, run_id: str, result: RunResult, mode: str,
+    ctx_table_id: str,
 ) -> dict[str, str]:
     parts = "ALL" if plan.partitions is None else json.dumps([dict(p) for p in plan.partitions])
     meta = {
@@ -648,6 +688,7 @@ def _commit_metadata(
         "mode": mode,
         "key": cfg.source.key,
         "source_table": cfg.source.table,
+        "source_table_id": ctx_table_id,
         "source_version": str(plan.source_version),
         "source_version_start": "" if plan.since_version is None else str(plan.since_version),
         "model_uri": resolved.resolved_uri,
@@ -714,9 +755,3 @@ def _log_distribution(tracker: RunTracker, cfg: JobConfig, scored: DataFrame, ve
     if arr.size:
         tracker.log_distribution(arr, kind=kind, title=f"{cfg.name}: {kind} of {arr.size:,} rows, output v{version}")
 
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

@@ -86,6 +86,10 @@ class Lakehouse(ABC):
         """True when `table` is an existing Delta table."""
 
     @abstractmethod
+    def table_id(self, table: str) -> str:
+        """The table's unique id (Delta metadata id): it changes when a table is recreated."""
+
+    @abstractmethod
     def latest_version(self, table: str) -> int:
         """The newest committed version. Raises TableNotFoundError."""
 

@@ -129,6 +129,9 @@ class DeltaRsLakehouse(Lakehouse):
     def exists(self, table: str) -> bool:
         return ds.table_exists(self._path(table))
 
+    def table_id(self, table: str) -> str:
+        return str(self._open(table).metadata().id)
+
     def latest_version(self, table: str) -> int:
         return int(self._open(table).version())
 

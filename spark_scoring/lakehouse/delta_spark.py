@@ -98,6 +98,10 @@ class DeltaSparkLakehouse(Lakehouse):
         except Exception:
             return False
 
+    def table_id(self, table: str) -> str:
+        target = table if self._is_name(table) else f"delta.`{table.replace('`', '``')}`"
+        return str(self.spark.sql(f"DESCRIBE DETAIL {target}").select("id").first()["id"])
+
     def latest_version(self, table: str) -> int:
         row = self._delta_table(table).history(1).select("version").first()
         if row is None:
@@ -246,17 +250,24 @@ class DeltaSparkLakehouse(Lakehouse):
             raise LakehouseError("give app_id and txn_version together (or neither)")
         exists = self.exists(table)
         if exists:
+            # The version check comes first (as in delta-rs): a run that planned against an
+            # older version must fail loudly even when the winner recorded the same watermark.
+            latest = self.latest_version(table)
+            if expected_version is None:
+                raise ConcurrentRunError(
+                    f"output table {table!r} exists (version {latest}) but the write expected no "
+                    "table; another run created it; rerun"
+                )
+            if latest != expected_version:
+                raise ConcurrentRunError(
+                    f"output table {table!r} moved from version {expected_version} to {latest} while "
+                    "this run was running; another run committed; rerun"
+                )
             if app_id is not None:
                 recorded = self.transaction_version(table, app_id)
                 if recorded is not None and recorded >= txn_version:  # type: ignore[operator]
                     log.info("skipping write to %s: app %s already at txn %s", table, app_id, recorded)
                     return WriteResult(version=None)
-            latest = self.latest_version(table)
-            if expected_version is None or latest != expected_version:
-                raise ConcurrentRunError(
-                    f"output table {table!r} moved from version {expected_version} to {latest} while "
-                    "this run was running; another run committed; rerun"
-                )
             table_parts = self.partition_columns(table)
         else:
             if expected_version is not None:
