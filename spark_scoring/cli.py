@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spark_scoring.config import JobConfig, load_config
-from spark_scoring.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, ScoringError, UsageError
+from spark_scoring.errors import EXIT_OK, EXIT_RUN_FAILED, ScoringError, UsageError
 
 log = logging.getLogger("spark_scoring")
 

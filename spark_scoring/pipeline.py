@@ -32,15 +32,21 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructType
 
 from spark_scoring import incremental as inc
+from spark_scoring import udf
 from spark_scoring.config import JobConfig
-from spark_scoring.errors import ErrorBudgetExceeded, ScoringError, SchemaDriftError, TrackingError, UsageError
+from spark_scoring.errors import (
+    ErrorBudgetExceeded,
+    SchemaDriftError,
+    ScoringError,
+    TrackingError,
+    UsageError,
+)
 from spark_scoring.incremental import INPUT_HASH, META, Plan
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
 from spark_scoring.progress import Progress
 from spark_scoring.session import get_spark
 from spark_scoring.tracking import RunTracker
-from spark_scoring import udf
 
 log = logging.getLogger(__name__)
 

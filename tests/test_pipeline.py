@@ -16,7 +16,13 @@ import pytest
 from deltalake import DeltaTable
 
 from spark_scoring import pipeline
-from spark_scoring.errors import ConcurrentRunError, ErrorBudgetExceeded, HistoryGapError, ScoringError, SchemaDriftError
+from spark_scoring.errors import (
+    ConcurrentRunError,
+    ErrorBudgetExceeded,
+    HistoryGapError,
+    SchemaDriftError,
+    ScoringError,
+)
 from tests.pipeline_helpers import job_config, read_output, source_rows, write_source
 
 PREDICTION = ["embedding", "error", "model_uri", "model_version", "run_id", "scored_at", "source_version", "input_hash"]

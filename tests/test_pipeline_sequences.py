@@ -97,8 +97,8 @@ def test_a_recreated_source_is_never_diffed_against_the_old_watermark(spark, sma
 
 
 def test_unpartitioned_source_is_incremental_too(spark, tmp_path, minilm_dir):
-    from deltalake import write_deltalake
     import pyarrow as pa
+    from deltalake import write_deltalake
 
     def write(df, mode="append"):
         write_deltalake(str(tmp_path / "source"), pa.Table.from_pandas(df, preserve_index=False), mode=mode)
