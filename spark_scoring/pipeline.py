@@ -76,6 +76,7 @@ class RunResult:
     rows_deleted: int | None = None
     padding_efficiency: float | None = None
     batches: int = 0
+    model_loads: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     top_errors: list[dict[str, Any]] = field(default_factory=list)
 
@@ -514,9 +515,11 @@ def _score_and_commit(
             spark, model_dir=resolved.local_dir, model_uri=resolved.resolved_uri, model_cfg=cfg.model, model_id=identity
         )
         stats = udf.ScoringStats(spark)
-    # Spread the rows evenly over the cores; a few partitions per core keep every core busy
-    # to the end and the progress line moving, while each still sorts thousands of rows.
-    to_score = to_score.repartition(cfg.run.num_partitions or max(1, 4 * spark.sparkContext.defaultParallelism))
+    # Spread the rows evenly over the cores, one partition per core: length sorting works
+    # inside a partition, so bigger partitions pack tighter batches (measured on 2 cores,
+    # 2,000 texts: 4 partitions per core gave padding efficiency 0.76 and 149 rows/s, one
+    # per core 0.93 and 195 rows/s).
+    to_score = to_score.repartition(cfg.run.num_partitions or max(1, spark.sparkContext.defaultParallelism))
     scored = _with_lineage(udf.score(to_score, spec, stats), resolved, tracker.run_id, ctx.source_version)
     # Both frames are used several times (counts, error summary, the write): compute once.
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
@@ -532,6 +535,7 @@ def _score_and_commit(
             snap = stats.snapshot()
             result.padding_efficiency = snap.get("padding_efficiency")
             result.batches = int(snap.get("batches", 0))
+            result.model_loads = int(snap.get("model_loads", 0))
             result.top_errors = _top_errors(cfg, scored) if result.rows_failed else []
         with phases.phase("commit"):
             result.rows_carried = carried.count() if carried is not None else 0
@@ -737,6 +741,7 @@ def _metrics(result: RunResult) -> dict[str, float]:
         "rows_failed": result.rows_failed,
         "rows_per_second": result.rows_per_second,
         "batches": result.batches,
+        "model_loads": result.model_loads,
     }
     for phase, s in result.seconds.items():
         m[f"seconds_{phase}"] = s
