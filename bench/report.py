@@ -99,15 +99,18 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         res = {r["name"]: r for r in _plain(tp["results"])}
         ours = res.get("spark-scoring nightly run")
         if ours:
-            for peer in ("Spark predict_batch_udf", "MLflow spark_udf", "naive row-at-a-time UDF", "plain process"):
+            # The targets: >= 0.9x the plain process, >= 1.25x predict_batch_udf and
+            # spark_udf; the naive UDF is shown for scale (> 1x).
+            for peer, need in (("plain process", 0.9), ("Spark predict_batch_udf", 1.25),
+                               ("MLflow spark_udf", 1.25), ("naive row-at-a-time UDF", 1.0)):
                 if peer not in res:
                     continue
                 ratio = ours["rows_per_s"] / res[peer]["rows_per_s"]
                 found.append({
-                    "target": f"our marginal rows/s > {peer}",
+                    "target": f"our marginal rows/s >= {need:g}x {peer}",
                     "value": f"{ours['rows_per_s']:.1f} vs {res[peer]['rows_per_s']:.1f} rows/s",
-                    "ok": ratio > 1.0,
-                    "margin": f"{ratio:.2f}x",
+                    "ok": ratio >= need,
+                    "margin": f"{ratio:.2f}x (need {need:g}x)",
                 })
     growth = out.get("growth")
     if growth and growth.get("runs"):

@@ -101,3 +101,20 @@ def test_bench_harness_smoke(tmp_path):
     assert "extrapolated" in md and ("PASS" in md or "MISS" in md)
     if not res["throughput"]["gpu"]["available"]:
         assert "no GPU on this machine" in md
+
+
+def test_throughput_targets_use_the_issue_ratios():
+    def results(ours: float) -> dict:
+        rows = {"spark-scoring nightly run": ours, "plain process": 254.0,
+                "Spark predict_batch_udf": 179.0, "MLflow spark_udf": 182.0}
+        return {"throughput": {"results": [{"name": k, "rows_per_s": v} for k, v in rows.items()]}}
+
+    ok = {t["target"]: t["ok"] for t in report.targets(results(230.0))}
+    assert ok == {
+        "our marginal rows/s >= 0.9x plain process": True,  # 0.906x
+        "our marginal rows/s >= 1.25x Spark predict_batch_udf": True,  # 1.285x
+        "our marginal rows/s >= 1.25x MLflow spark_udf": True,  # 1.264x
+    }
+    missed = {t["target"]: t for t in report.targets(results(220.0))}
+    assert not missed["our marginal rows/s >= 0.9x plain process"]["ok"]
+    assert missed["our marginal rows/s >= 1.25x Spark predict_batch_udf"]["margin"] == "1.23x (need 1.25x)"
