@@ -524,7 +524,9 @@ def _score_and_commit(
     # Both frames are used several times (counts, error summary, the write): compute once.
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     if carried is not None:
-        carried = carried.persist(StorageLevel.MEMORY_AND_DISK)
+        # The join behind `carried` ends in spark.sql.shuffle.partitions (200 by default)
+        # tiny partitions: merged here, so the write makes a few files, not hundreds.
+        carried = carried.coalesce(max(1, spark.sparkContext.defaultParallelism)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with phases.phase("score"):
             with Progress(spark.sparkContext, "scoring", lambda: stats.snapshot().get("rows", 0), enabled=cfg.run.progress):
