@@ -11,6 +11,7 @@ by pasting user data into SQL without escaping.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from abc import ABC, abstractmethod
@@ -21,6 +22,10 @@ from typing import Any, Literal
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
+
+from spark_scoring.errors import ConcurrentRunError
+
+log = logging.getLogger("spark_scoring.lakehouse")
 
 PartitionValues = Mapping[str, "str | None"]
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
@@ -159,3 +164,50 @@ class Lakehouse(ABC):
             ConcurrentRunError: another writer committed since `expected_version`.
             LakehouseError: the write failed; nothing was published.
         """
+
+    def _write_preconditions(
+        self,
+        table: str,
+        *,
+        latest: int | None,
+        expected_version: int | None,
+        app_id: str | None,
+        txn_version: int | None,
+    ) -> bool:
+        """Optimistic concurrency and idempotence, the same for every backend.
+
+        Args:
+            latest: the table's current version (None: no table).
+
+        Returns:
+            True when `app_id` already recorded `txn_version` (or later): skip the write.
+
+        Raises:
+            ConcurrentRunError: the table is not at the version the caller planned against.
+                This is checked FIRST, so a run that lost a race fails loudly even when the
+                winner recorded the same watermark.
+        """
+        if latest is None:
+            if expected_version is not None:
+                raise ConcurrentRunError(
+                    f"output table {table!r} was expected at version {expected_version} but does not "
+                    "exist; another process removed it; rerun"
+                )
+            return False
+        if expected_version is None:
+            raise ConcurrentRunError(
+                f"output table {table!r} exists (version {latest}) but the write expected no "
+                "table; another run created it; rerun"
+            )
+        if latest != expected_version:
+            raise ConcurrentRunError(
+                f"output table {table!r} moved from version {expected_version} to {latest} while "
+                "this run was running; another run committed; rerun"
+            )
+        if app_id is not None:
+            recorded = self.transaction_version(table, app_id)
+            if recorded is not None and txn_version is not None and recorded >= txn_version:
+                log.info("skipping write to %s: app %s already committed txn version %s (asked %s)",
+                         table, app_id, recorded, txn_version)
+                return True
+        return False

@@ -21,7 +21,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError
+from spark_scoring.errors import LakehouseError, TableNotFoundError
 from spark_scoring.lakehouse import _datasource as ds
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
@@ -268,29 +268,13 @@ class DeltaRsLakehouse(Lakehouse):
             )
 
         exists = ds.table_exists(path)
-        if exists:
-            delta_table = ds.open_table(path, table=table)
-            latest = delta_table.version()
-            # The version check comes first: a run that planned against an older version
-            # must fail loudly even when the winner recorded the same watermark.
-            if expected_version is None:
-                raise ConcurrentRunError(
-                    f"output table {table!r} exists (version {latest}) but the write expected no "
-                    "table; another run created it; rerun"
-                )
-            if latest != expected_version:
-                raise ConcurrentRunError(
-                    f"output table {table!r} moved from version {expected_version} to {latest} while "
-                    "this run was running; another run committed; rerun"
-                )
-            if app_id is not None:
-                recorded = delta_table.transaction_version(app_id)
-                if recorded is not None and recorded >= txn_version:
-                    log.info(
-                        "skipping write to %s: app %s already committed txn version %s (asked %s)",
-                        table, app_id, recorded, txn_version,
-                    )
-                    return WriteResult(version=None)
+        delta_table = ds.open_table(path, table=table) if exists else None
+        if self._write_preconditions(
+            table, latest=delta_table.version() if delta_table is not None else None,
+            expected_version=expected_version, app_id=app_id, txn_version=txn_version,
+        ):
+            return WriteResult(version=None)
+        if delta_table is not None:
             ds.check_supported(delta_table, table)
             table_parts = ds.partition_columns(delta_table)
             if mode != "overwrite":
@@ -304,11 +288,6 @@ class DeltaRsLakehouse(Lakehouse):
             else:
                 write_parts = list(partition_by)
         else:
-            if expected_version is not None:
-                raise ConcurrentRunError(
-                    f"output table {table!r} was expected at version {expected_version} but does not "
-                    "exist; another process removed it; rerun"
-                )
             write_parts = list(partition_by)
         if mode == "replace_partitions":
             if not write_parts:

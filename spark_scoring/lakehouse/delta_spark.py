@@ -249,33 +249,12 @@ class DeltaSparkLakehouse(Lakehouse):
         if (app_id is None) != (txn_version is None):
             raise LakehouseError("give app_id and txn_version together (or neither)")
         exists = self.exists(table)
-        if exists:
-            # The version check comes first (as in delta-rs): a run that planned against an
-            # older version must fail loudly even when the winner recorded the same watermark.
-            latest = self.latest_version(table)
-            if expected_version is None:
-                raise ConcurrentRunError(
-                    f"output table {table!r} exists (version {latest}) but the write expected no "
-                    "table; another run created it; rerun"
-                )
-            if latest != expected_version:
-                raise ConcurrentRunError(
-                    f"output table {table!r} moved from version {expected_version} to {latest} while "
-                    "this run was running; another run committed; rerun"
-                )
-            if app_id is not None:
-                recorded = self.transaction_version(table, app_id)
-                if recorded is not None and recorded >= txn_version:  # type: ignore[operator]
-                    log.info("skipping write to %s: app %s already at txn %s", table, app_id, recorded)
-                    return WriteResult(version=None)
-            table_parts = self.partition_columns(table)
-        else:
-            if expected_version is not None:
-                raise ConcurrentRunError(
-                    f"output table {table!r} was expected at version {expected_version} but does not "
-                    "exist; another process removed it; rerun"
-                )
-            table_parts = list(partition_by)
+        if self._write_preconditions(
+            table, latest=self.latest_version(table) if exists else None,
+            expected_version=expected_version, app_id=app_id, txn_version=txn_version,
+        ):
+            return WriteResult(version=None)
+        table_parts = self.partition_columns(table) if exists else list(partition_by)
 
         write_id = uuid.uuid4().hex
         user_metadata = json.dumps({**dict(metadata or {}), WRITE_ID_KEY: write_id}, sort_keys=True)
