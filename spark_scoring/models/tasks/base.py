@@ -105,6 +105,34 @@ class LoadedModel(ABC):
         """Free what the model holds (called when the cache evicts it)."""
 
 
+class TextModel(LoadedModel):
+    """A model over one text column with a Hugging Face tokenizer.
+
+    Shares the input checks, the token lengths used for packing and the batch encoding.
+    Subclasses set `tokenizer`, `max_length` and `device` when they load.
+    """
+
+    tokenizer: Any
+    max_length: int
+    device: str
+
+    def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
+        return text_invalid_rows(inputs)
+
+    def lengths(self, inputs: pd.DataFrame) -> np.ndarray:
+        return text_lengths(self.tokenizer, inputs.iloc[:, 0].tolist(), self.max_length)
+
+    def tokenize(self, inputs: pd.DataFrame) -> Any:
+        """The batch as padded, truncated tensors on the model's device."""
+        return self.tokenizer(
+            inputs.iloc[:, 0].tolist(),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+
+
 class Task(ABC):
     """A scoring task: options, output columns, driver-side check, executor-side load."""
 

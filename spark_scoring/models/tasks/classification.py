@@ -24,11 +24,10 @@ from spark_scoring.models.tasks.base import (
     LoadedModel,
     OptionSpec,
     Task,
+    TextModel,
     autocast_context,
     model_max_length,
     quiet_transformers,
-    text_invalid_rows,
-    text_lengths,
 )
 
 
@@ -65,7 +64,7 @@ class TextClassificationTask(Task):
         )
 
 
-class _ClassifierModel(LoadedModel):
+class _ClassifierModel(TextModel):
     def __init__(self, model_dir: str, device: str, precision: str, all_scores: bool):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -91,22 +90,10 @@ class _ClassifierModel(LoadedModel):
         if all_scores:
             self.outputs["scores"] = "map"
 
-    def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
-        return text_invalid_rows(inputs)
-
-    def lengths(self, inputs: pd.DataFrame) -> np.ndarray:
-        return text_lengths(self.tokenizer, inputs.iloc[:, 0].tolist(), self.max_length)
-
     def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
         import torch
 
-        enc = self.tokenizer(
-            inputs.iloc[:, 0].tolist(),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        enc = self.tokenize(inputs)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             logits = self.model(**enc).logits.float()
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)

@@ -21,11 +21,10 @@ from pyspark.sql.types import ArrayType, FloatType, StructField
 from spark_scoring.models.tasks.base import (
     LoadedModel,
     Task,
+    TextModel,
     autocast_context,
     model_max_length,
     quiet_transformers,
-    text_invalid_rows,
-    text_lengths,
 )
 
 
@@ -49,7 +48,7 @@ class EmbeddingTask(Task):
         return _MeanPoolingModel(model_dir, device, precision)
 
 
-class _SentenceTransformerModel(LoadedModel):
+class _SentenceTransformerModel(TextModel):
     outputs = {"embedding": "vector"}
 
     def __init__(self, model_dir: str, device: str, precision: str):
@@ -59,16 +58,11 @@ class _SentenceTransformerModel(LoadedModel):
         self.device, self.precision = device, precision
         self.model = SentenceTransformer(model_dir, device=device, local_files_only=True)
         self.model.eval()
+        self.tokenizer = self.model.tokenizer
         first = self.model[0]
         self.max_length = self.model.max_seq_length or model_max_length(
             self.model.tokenizer, getattr(getattr(first, "auto_model", None), "config", None)
         )
-
-    def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
-        return text_invalid_rows(inputs)
-
-    def lengths(self, inputs: pd.DataFrame) -> np.ndarray:
-        return text_lengths(self.model.tokenizer, inputs.iloc[:, 0].tolist(), self.max_length)
 
     def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
         import torch
@@ -81,7 +75,7 @@ class _SentenceTransformerModel(LoadedModel):
         return {"embedding": np.asarray(emb, dtype=np.float32)}
 
 
-class _MeanPoolingModel(LoadedModel):
+class _MeanPoolingModel(TextModel):
     outputs = {"embedding": "vector"}
 
     def __init__(self, model_dir: str, device: str, precision: str):
@@ -93,22 +87,10 @@ class _MeanPoolingModel(LoadedModel):
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(device).eval()
         self.max_length = model_max_length(self.tokenizer, self.model.config)
 
-    def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
-        return text_invalid_rows(inputs)
-
-    def lengths(self, inputs: pd.DataFrame) -> np.ndarray:
-        return text_lengths(self.tokenizer, inputs.iloc[:, 0].tolist(), self.max_length)
-
     def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
         import torch
 
-        enc = self.tokenizer(
-            inputs.iloc[:, 0].tolist(),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        enc = self.tokenize(inputs)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             hidden = self.model(**enc).last_hidden_state
             emb = mean_pool(hidden, enc["attention_mask"])

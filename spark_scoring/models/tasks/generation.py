@@ -35,6 +35,7 @@ from spark_scoring.models.tasks.base import (
     LoadedModel,
     OptionSpec,
     Task,
+    TextModel,
     autocast_context,
     model_max_length,
     non_negative_int,
@@ -42,7 +43,6 @@ from spark_scoring.models.tasks.base import (
     positive_number,
     probability,
     quiet_transformers,
-    text_invalid_rows,
 )
 
 DEFAULT_MAX_NEW_TOKENS = 32
@@ -93,7 +93,7 @@ def generation_kwargs(options: Mapping[str, Any], pad_token_id: int) -> dict[str
     return kwargs
 
 
-class _GeneratorModel(LoadedModel):
+class _GeneratorModel(TextModel):
     outputs = {"generated_text": "string"}
 
     def __init__(self, model_dir: str, options: dict[str, Any], device: str, precision: str):
@@ -118,9 +118,6 @@ class _GeneratorModel(LoadedModel):
         )
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.empty_prompt = [start] if start is not None else [tok.pad_token_id]
-
-    def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
-        return text_invalid_rows(inputs)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids per prompt (truncated; never empty)."""
