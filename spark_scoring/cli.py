@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -156,11 +157,15 @@ def parse_partition(text: str) -> dict[str, str | None]:
     The literal value `__NULL__` stands for a null partition value.
     """
     out: dict[str, str | None] = {}
-    for part in text.split(","):
+    # Split only before `name=`, so a value may itself contain commas ("a,b").
+    for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", text):
         if "=" not in part:
             raise UsageError(f"--partition {text!r}: expected COL=VALUE[,COL=VALUE], e.g. event_date=2024-05-01")
         col, _, value = part.partition("=")
-        out[col.strip()] = None if value == "__NULL__" else value
+        col = col.strip()
+        if col in out:
+            raise UsageError(f"--partition {text!r}: column {col!r} is given twice; give one value per column")
+        out[col] = None if value == "__NULL__" else value
     return out
 
 

@@ -6,10 +6,12 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
 import yaml
 from deltalake import DeltaTable
 
 from spark_scoring.cli import main, parse_partition
+from spark_scoring.errors import UsageError
 from tests.pipeline_helpers import job_config, source_rows, write_source
 
 
@@ -82,3 +84,6 @@ def test_register_model_prints_the_registered_uri(tmp_path, minilm_dir, capsys):
 def test_parse_partition():
     assert parse_partition("a=1,b=x y") == {"a": "1", "b": "x y"}
     assert parse_partition("a=__NULL__") == {"a": None}
+    assert parse_partition("city=Paris, France,day=2024-05-01") == {"city": "Paris, France", "day": "2024-05-01"}
+    with pytest.raises(UsageError, match="given twice"):
+        parse_partition("day=a,day=b")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -72,6 +73,8 @@ from spark_scoring.errors import (
     UnsupportedTableFeatureError,
 )
 from spark_scoring.lakehouse import _partitions as parts
+
+log = logging.getLogger("spark_scoring.lakehouse")
 
 DATA_SOURCE_NAME = "spark_scoring_delta_rs"
 DEFAULT_MAX_BYTES_PER_TASK = 128 * 1024 * 1024
@@ -609,11 +612,12 @@ class DeltaRsWriter(DataSourceArrowWriter):
                 return
             raise _tagged(LakehouseError(f"the Delta commit to {self.table_name!r} failed: {exc}")) from exc
 
-    def _landed(self) -> bool:
+    def _landed(self) -> bool | None:
+        """True if our commit is in the log, False if not, None if the log cannot be read."""
         try:
             return committed_version(self.path, self.write_id, self.expected_version) is not None
         except Exception:
-            return False
+            return None
 
     def _commit(self, messages: list[DeltaRsCommitMessage | None]) -> None:
         from deltalake import Schema as DeltaSchema
@@ -733,7 +737,14 @@ class DeltaRsWriter(DataSourceArrowWriter):
         pinned_commit([*adds, *removes], "append", schema, table_parts)
 
     def abort(self, messages: list[DeltaRsCommitMessage | None]) -> None:
-        if self._landed():  # never delete files a commit references
+        landed = self._landed()
+        if landed is None:
+            # Unknown: keeping orphan files is harmless, deleting files of a landed commit
+            # would corrupt the table. Orphans go with the next VACUUM.
+            log.warning("could not tell whether write %s to %s was committed; keeping its files",
+                        self.write_id, self.path)
+            return
+        if landed:  # never delete files a commit references
             return
         fs, _ = filesystem_for(self.path)
         for message in messages:
