@@ -93,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("details")
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"spark-scoring {args.command}: interrupted; nothing was published", file=sys.stderr)
+        print(
+            f"spark-scoring {args.command}: interrupted. A run publishes in one commit or not at all; "
+            "`spark-scoring status CONFIG` shows whether this one committed, and rerunning is safe.",
+            file=sys.stderr,
+        )
         return EXIT_RUN_FAILED
     except Exception as exc:  # noqa: BLE001 - last resort: a clear line, the traceback with -v
         print(
