@@ -166,7 +166,9 @@ def main() -> int:
     print(f"\nDone in {time.monotonic() - t0:.0f} s. Where to look next:")
     print(f"  scored table   {cfg.output.table}   (python -c \"import deltalake; print(deltalake.DeltaTable('{cfg.output.table}').to_pandas().head())\")")
     print(f"  MLflow UI      .venv/bin/mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}")
-    print("  notebook       .venv/bin/jupyter notebook notebooks/explore_scored_table.ipynb   (or open it in VS Code)")
+    print("  notebook       notebooks/explore_scored_table.ipynb: run it headless with "
+          "`.venv/bin/jupyter execute notebooks/explore_scored_table.ipynb`,")
+    print("                 or open it in VS Code / JupyterLab (`.venv/bin/pip install jupyterlab`)")
     print(f"  job status     .venv/bin/spark-scoring status {CONFIG}")
     return 0
 
