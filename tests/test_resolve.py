@@ -60,20 +60,8 @@ def cache(tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_default_store(tmp_path, monkeypatch):
-    """Fail a test that lets MLflow fall back to its default store in the working directory."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    # RunTracker.start() points MLflow's process-wide URIs at the test store: put them back
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    yield
-    assert not (tmp_path / "mlflow.db").exists(), "something used MLflow's default store"
-    assert not (tmp_path / "mlruns").exists()
+def _no_default_store(no_default_mlflow_store):
+    """Every test here runs with the guard from conftest."""
 
 
 # --------------------------------------------------------------------------------------
