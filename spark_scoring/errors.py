@@ -79,3 +79,9 @@ class TrackingError(ScoringError):
 
 class ErrorBudgetExceeded(ScoringError):
     """Too many rows failed to score; nothing was published."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Spark/Py4J errors carry whole JVM traces)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -40,6 +40,7 @@ from spark_scoring.errors import (
     ScoringError,
     TrackingError,
     UsageError,
+    first_line,
 )
 from spark_scoring.incremental import INPUT_HASH, META, Plan
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
@@ -73,7 +74,6 @@ class RunResult:
     rows_scored: int = 0
     rows_carried: int = 0
     rows_failed: int = 0
-    rows_deleted: int | None = None
     padding_efficiency: float | None = None
     batches: int = 0
     model_loads: int = 0
@@ -593,12 +593,9 @@ def _run_spark(action, resolved: ResolvedModel):
         model_exc = udf.model_error_from(exc)
         if model_exc is not None:
             raise model_exc from exc
-        raise ScoringError(f"scoring failed on the executors for model {resolved.resolved_uri}: {_first_line(exc)}") from exc
+        raise ScoringError(f"scoring failed on the executors for model {resolved.resolved_uri}: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _row_columns(cfg: JobConfig) -> list[str]:

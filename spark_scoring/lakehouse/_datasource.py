@@ -73,12 +73,12 @@ from spark_scoring.errors import (
     UnsupportedTableFeatureError,
 )
 from spark_scoring.lakehouse import _partitions as parts
+from spark_scoring.lakehouse.base import WRITE_ID_KEY
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
 DATA_SOURCE_NAME = "spark_scoring_delta_rs"
 DEFAULT_MAX_BYTES_PER_TASK = 128 * 1024 * 1024
-WRITE_ID_KEY = "spark_scoring.write_id"
 _STRING_STATS_PREFIX = 32  # Delta-Spark's dataSkippingStringPrefixLength default
 _TAG_RE = re.compile(r"\[spark_scoring:(\w+)\] ([^\n]*)")
 _UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")

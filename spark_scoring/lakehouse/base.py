@@ -27,6 +27,9 @@ from spark_scoring.errors import ConcurrentRunError
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
+#: Commit-metadata key holding the unique id of one write (to find its commit afterwards).
+WRITE_ID_KEY = "spark_scoring.write_id"
+
 PartitionValues = Mapping[str, "str | None"]
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "replace_partitions")

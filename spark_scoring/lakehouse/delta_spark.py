@@ -25,9 +25,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError
+from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError, first_line
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
+    WRITE_ID_KEY,
     WRITE_MODES,
     CommitInfo,
     FileEntry,
@@ -40,7 +41,6 @@ from spark_scoring.lakehouse.base import (
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
-WRITE_ID_KEY = "spark_scoring.write_id"
 
 
 class DeltaSparkLakehouse(Lakehouse):
@@ -290,7 +290,7 @@ class DeltaSparkLakehouse(Lakehouse):
             if "Concurrent" in type(exc).__name__ or "Concurrent" in str(exc)[:2000]:
                 raise ConcurrentRunError(
                     f"another writer committed to {table!r} while this run was writing; nothing was "
-                    f"published; rerun ({_first_line(exc)})"
+                    f"published; rerun ({first_line(exc)})"
                 ) from exc
             raise LakehouseError(f"writing to {table!r} failed; nothing was published: {exc}") from exc
         return self._find_write(table, write_id)
@@ -331,5 +331,3 @@ def _local_path(uri: str) -> str:
     return unquote(uri)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
