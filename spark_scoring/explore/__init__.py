@@ -34,6 +34,15 @@ import numpy as np
 import pandas as pd
 
 from spark_scoring.errors import TrackingError, UsageError
+from spark_scoring.explore._common import (
+    DEFAULT_MAX_VALUES,
+    META_PREFIX,
+    _commit_metadata,
+    _lakehouse,
+    _resolve_key,
+    _resolve_version,
+    load_scored,
+)
 from spark_scoring.explore.stats import PSI_MAJOR, PSI_MODERATE, _ks_pvalue, ks_statistic, psi
 
 if TYPE_CHECKING:
@@ -58,18 +67,6 @@ __all__ = [
     "psi",
 ]
 
-#: Prefix of the custom Delta commit metadata every scoring commit writes.
-META_PREFIX = "spark_scoring."
-#: Lineage and error columns every scored table carries (the output contract).
-LINEAGE_COLUMNS = (
-    "error",
-    "model_uri",
-    "model_version",
-    "run_id",
-    "scored_at",
-    "source_version",
-    "input_hash",
-)
 #: Commit metadata keys whose values are integers.
 _INT_META = ("source_version", "source_version_start", "rows_scored", "rows_carried", "rows_failed")
 #: MLflow metrics copied into `list_runs` (the shared metric names).
@@ -111,9 +108,6 @@ _RUNS_COLUMN_ORDER = (
     "start_time",
     "end_time",
 )
-#: Distribution statistics sample about this many rows per version beyond it (PSI and KS
-#: are stable long before that; collecting more only costs driver memory).
-DEFAULT_MAX_VALUES = 1_000_000
 
 _PARTITION_COL = "__partition"
 _VALUE_COL = "__value"
@@ -128,77 +122,6 @@ _PARTITION_COUNTS = (
     "failed_old",
     "failed_new",
 )
-
-
-# --------------------------------------------------------------------------- table access
-
-
-def _spark(spark: SparkSession | None) -> SparkSession:
-    if spark is not None:
-        return spark
-    from spark_scoring.session import get_spark
-
-    return get_spark()
-
-
-def _lakehouse(spark: SparkSession | None, engine: str) -> Lakehouse:
-    from spark_scoring.lakehouse import open_lakehouse
-
-    return open_lakehouse(_spark(spark), engine=engine)
-
-
-def _resolve_version(lh: Lakehouse, table: str, version: int | None) -> int:
-    """None: the latest version; a negative number counts back from it (-1 latest, -2 the one before)."""
-    latest = lh.latest_version(table)
-    if version is None:
-        return latest
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
-        raise UsageError(f"version must be an int or None, got {version!r}")
-    resolved = latest + 1 + int(version) if version < 0 else int(version)
-    if not 0 <= resolved <= latest:
-        raise UsageError(
-            f"version {version} of {table} does not exist; versions run from 0 to {latest} "
-            f"(negative numbers count back from the latest: -1 is v{latest})"
-        )
-    return resolved
-
-
-def _commit_metadata(lh: Lakehouse, table: str) -> dict[int, dict[str, str]]:
-    """version -> the `spark_scoring.*` commit metadata of that commit, prefix stripped."""
-    out: dict[int, dict[str, str]] = {}
-    for info in lh.history(table):
-        out[info.version] = {
-            key[len(META_PREFIX) :]: value
-            for key, value in (info.metadata or {}).items()
-            if str(key).startswith(META_PREFIX)
-        }
-    return out
-
-
-def load_scored(
-    table: str,
-    version: int | None = None,
-    *,
-    spark: SparkSession | None = None,
-    as_pandas: bool = False,
-    engine: str = "auto",
-) -> DataFrame | pd.DataFrame:
-    """Read a scored table as of `version` (None: the latest; -2: the one before it).
-
-    Args:
-        table: path or catalog name of the scored output table.
-        version: Delta version to read.
-        spark: session to use; None uses `spark_scoring.session.get_spark()`.
-        as_pandas: return a pandas DataFrame (collects the whole table to the driver).
-        engine: lakehouse backend: "auto", "delta-spark" or "delta-rs".
-
-    Raises:
-        TableNotFoundError: no Delta table at `table`.
-        UsageError: the version does not exist.
-    """
-    lh = _lakehouse(spark, engine)
-    df = lh.read(table, _resolve_version(lh, table, version))
-    return df.toPandas() if as_pandas else df
 
 
 # --------------------------------------------------------------------------- runs
@@ -577,38 +500,6 @@ def _compare(
         label_mix=_label_mix(old_agg, new_agg) if "__label" in old_c.columns else None,
         by_partition=by_partition,
     )
-
-
-def _resolve_key(
-    lh: Lakehouse,
-    table: str,
-    columns: Sequence[str],
-    parts: Sequence[str],
-    key: str | Sequence[str] | None,
-) -> tuple[list[str], str]:
-    if key is not None:
-        keys = [key] if isinstance(key, str) else list(key)
-        if not keys or not all(isinstance(k, str) and k for k in keys):
-            raise UsageError(f"key must be a column name or a list of column names, got {key!r}")
-        return keys, "argument"
-    for version in sorted(_commit_metadata(lh, table).items(), reverse=True):
-        recorded = version[1].get("key")
-        if recorded:
-            return [k.strip() for k in recorded.split(",") if k.strip()], "commit metadata"
-    first = columns[0] if columns else None
-    reserved = {*parts, *LINEAGE_COLUMNS, "embedding", "label", "score", "scores", "generated_text"}
-    if first is None or first in reserved:
-        raise UsageError(
-            f"cannot tell the key column of {table}: its commits carry no {META_PREFIX}key metadata and its "
-            f"first column {first!r} is not a key column; pass key='<column>' (or a list of columns)"
-        )
-    log.info(
-        "no %skey in the commit metadata of %s: using its first column %r as the key",
-        META_PREFIX,
-        table,
-        first,
-    )
-    return [first], "first column"
 
 
 def _measure(df: DataFrame, measure: str, table: str) -> tuple[str, Column]:
