@@ -2,7 +2,7 @@
 
 For pip-only installs, where the JVM Delta connector is not on the classpath. Reads and
 writes run as ordinary parallel Spark jobs through the `spark_scoring_delta_rs` data
-source (see `_datasource`); the Delta log is read and committed with `deltalake` on the
+source (see `_delta_rs`); the Delta log is read and committed with `deltalake` on the
 driver. Only table paths (local or object-store URIs) work here: catalog tables need the
 JVM connector.
 """
@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from spark_scoring.errors import LakehouseError, TableNotFoundError
-from spark_scoring.lakehouse import _datasource as ds
+from spark_scoring.lakehouse import _delta_rs as ds
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
     WRITE_MODES,
