@@ -35,7 +35,6 @@ import pandas as pd
 from spark_scoring.errors import UsageError
 from spark_scoring.explore._common import (
     DEFAULT_MAX_VALUES,
-    META_PREFIX,
     _commit_metadata,
     _lakehouse,
     _resolve_version,
@@ -43,6 +42,7 @@ from spark_scoring.explore._common import (
 )
 from spark_scoring.explore._measure import _measured_values
 from spark_scoring.explore.compare import VersionComparison, compare_versions
+from spark_scoring.explore.drift import drift_history
 from spark_scoring.explore.failures import failures
 from spark_scoring.explore.runs import list_runs
 from spark_scoring.explore.stats import PSI_MAJOR, PSI_MODERATE, ks_statistic, psi
@@ -66,65 +66,6 @@ __all__ = [
     "plot_throughput",
     "psi",
 ]
-
-
-# --------------------------------------------------------------------------- drift over versions
-
-
-def drift_history(
-    table: str,
-    *,
-    max_versions: int = 30,
-    measure: str = "auto",
-    bins: int = 10,
-    max_values: int | None = DEFAULT_MAX_VALUES,
-    spark: SparkSession | None = None,
-    engine: str = "auto",
-) -> pd.DataFrame:
-    """PSI and KS of each version against the version before it (the last `max_versions`).
-
-    Whole-table distributions are compared (rows that scored), so a night that re-scored one
-    partition out of thirty moves the index less than `compare_versions(...).by_partition`.
-
-    `measure`, `bins` and `max_values` are as in `compare_versions`.
-
-    Returns:
-        pandas DataFrame with `version`, `timestamp`, `previous_version`, `rows`, `mean`,
-        `psi`, `ks`, `run_id` (NaN statistics for the first version listed).
-    """
-    if max_versions < 2:
-        raise UsageError(
-            f"max_versions={max_versions} must be >= 2 to compare consecutive versions"
-        )
-    lh = _lakehouse(spark, engine)
-    history = {c.version: c for c in lh.history(table)}
-    latest = lh.latest_version(table)
-    versions = [v for v in range(max(0, latest - max_versions + 1), latest + 1)]
-    records = []
-    previous: tuple[int, np.ndarray] | None = None
-    name = measure
-    for v in versions:
-        name, vals = _measured_values(lh, table, v, measure, max_values)
-        info = history.get(v)
-        meta = (info.metadata or {}) if info else {}
-        records.append(
-            {
-                "version": v,
-                "timestamp": info.timestamp if info else None,
-                "previous_version": previous[0] if previous else None,
-                "rows": int(vals.size),
-                "mean": float(vals.mean()) if vals.size else math.nan,
-                "psi": psi(previous[1], vals, bins=bins) if previous else math.nan,
-                "ks": ks_statistic(previous[1], vals) if previous else math.nan,
-                "run_id": meta.get(f"{META_PREFIX}run_id"),
-            }
-        )
-        previous = (v, vals)
-    out = pd.DataFrame(records)
-    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
-    out["previous_version"] = out["previous_version"].astype("Int64")
-    out.attrs.update(table=table, measure=name)
-    return out
 
 
 # --------------------------------------------------------------------------- plots
