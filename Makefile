@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+JARS_STAMP := $(VENV)/.delta-jars
 PYTEST := $(BIN)/python -m pytest
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
@@ -13,15 +14,24 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-slow test-cluster test-gpu test-all bench lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(JARS_STAMP)
 
-# torch goes in first and alone: any other spec resolves to the CUDA build (several GB).
+# torch goes in first and alone, so its pin decides the build (PyPI's Linux wheel is the
+# CUDA one, a few GB with its nvidia-* wheels; it runs on the CPU as well).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The Delta Lake JVM connector jars matching the pinned delta-spark, from Maven Central into
+# the venv (spark_scoring/jars.py). Without Maven access the install still succeeds: the
+# delta-rs engine needs no jars, and lakehouse.engine=delta-spark then says how to get them.
+# The stamp is only written on success, so the next `make install` tries again.
+$(JARS_STAMP): $(STAMP)
+	@$(BIN)/python -m spark_scoring.jars >/dev/null && touch $(JARS_STAMP) && echo "Delta Lake jars: $$($(BIN)/python -m spark_scoring.jars --check)" \
+	  || echo "make install: WARNING: the Delta Lake jars were not fetched (see above); the delta-rs engine works without them"
 
 demo: install
 	$(BIN)/python -m spark_scoring.demo
