@@ -311,7 +311,7 @@ def status(cfg: JobConfig, *, spark: SparkSession | None = None) -> dict[str, An
 
 
 def _open(cfg: JobConfig, spark: SparkSession | None) -> _Context:
-    spark = spark or get_spark(cfg.spark, app_name=cfg.name)
+    spark = spark or get_spark(cfg.spark, app_name=cfg.name, engine=cfg.lakehouse.engine)
     lake = open_lakehouse(spark, cfg.lakehouse.engine)
     source_version = lake.latest_version(cfg.source.table)  # pinned for the whole run
     source_table_id = lake.table_id(cfg.source.table)
