@@ -44,8 +44,6 @@ import pyarrow.parquet as pq
 from pyspark.sql.datasource import (
     DataSource,
     DataSourceArrowWriter,
-    DataSourceReader,
-    InputPartition,
     WriterCommitMessage,
 )
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -75,13 +73,13 @@ from spark_scoring.lakehouse._delta_rs.log import (
     committed_version,
     filesystem_for,
     open_table,
-    pack_files,
     partition_columns,
     raise_tagged,
     select_files,
     spark_schema,
     table_exists,
 )
+from spark_scoring.lakehouse._delta_rs.reader import DEFAULT_MAX_BYTES_PER_TASK, DeltaRsReader
 from spark_scoring.lakehouse.base import WRITE_ID_KEY
 
 __all__ = [  # what the delta-rs backend (delta_rs.py) uses
@@ -102,7 +100,6 @@ __all__ = [  # what the delta-rs backend (delta_rs.py) uses
 log = logging.getLogger("spark_scoring.lakehouse")
 
 DATA_SOURCE_NAME = "spark_scoring_delta_rs"
-DEFAULT_MAX_BYTES_PER_TASK = 128 * 1024 * 1024
 _STRING_STATS_PREFIX = 32  # Delta-Spark's dataSkippingStringPrefixLength default
 
 
@@ -141,75 +138,6 @@ class DeltaRsDataSource(DataSource):
         return DeltaRsWriter(dict(self.options), schema)
 
 
-class DeltaRsReader(DataSourceReader):
-    """Reads the files of one pinned table version in parallel tasks."""
-
-    def __init__(self, options: Mapping[str, str], schema: StructType):
-        self.path = options["path"]
-        self.version = int(options["version"]) if options.get("version") is not None else None
-        self.specs = json.loads(options["partitions"]) if options.get("partitions") else None
-        self.max_bytes = int(options.get("max_bytes_per_task", DEFAULT_MAX_BYTES_PER_TASK))
-        self.schema = schema
-
-    def plan(self) -> list[list[Mapping[str, Any]]]:
-        """The file groups the read will run, one per Spark task (also used by tests)."""
-        table = open_table(self.path, self.version)
-        check_supported(table, self.path)
-        files = select_files(active_files(table), self.specs, spark_schema(table), partition_columns(table))
-        return pack_files(files, self.max_bytes)
-
-    def partitions(self) -> list[InputPartition]:
-        groups = self.plan()
-        return [InputPartition(group) for group in groups]
-
-    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        files = partition.value or []
-        if not files:
-            return
-        arrow_schema = to_arrow_schema(self.schema, timezone="UTC")
-        yield from _read_files(files, self.schema, arrow_schema)
-
-
-def _read_files(
-    files: Sequence[Mapping[str, Any]], schema: StructType, arrow_schema: pa.Schema
-) -> Iterator[pa.RecordBatch]:
-    for f in files:
-        fs, path = filesystem_for(f["location"])
-        # Every partition column is a key of partitionValues (value null for null).
-        values = f["partition_values"]
-        typed = {
-            field.name: parts.from_partition_string(values[field.name], field.dataType, field.name)
-            for field in schema.fields
-            if field.name in values
-        }
-        data_fields = [fld for fld in schema.fields if fld.name not in values]
-        with fs.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            in_file = set(parquet.schema_arrow.names)
-            to_read = [fld.name for fld in data_fields if fld.name in in_file]
-            if to_read:
-                chunks: Iterator[Any] = parquet.iter_batches(batch_size=8192, columns=to_read)
-            else:  # only partition columns asked for: just the row count matters
-                total = parquet.metadata.num_rows
-                chunks = iter([min(8192, total - start) for start in range(0, total, 8192)])
-            for chunk in chunks:
-                yield _assemble(chunk, arrow_schema, typed)
-
-
-def _assemble(chunk: pa.RecordBatch | int, arrow_schema: pa.Schema, typed: Mapping[str, Any]) -> pa.RecordBatch:
-    rows = chunk if isinstance(chunk, int) else chunk.num_rows
-    names = set() if isinstance(chunk, int) else set(chunk.schema.names)
-    arrays = []
-    for target in arrow_schema:
-        if target.name in typed:
-            value = typed[target.name]
-            arrays.append(pa.nulls(rows, target.type) if value is None else pa.repeat(pa.scalar(value, target.type), rows))
-        elif target.name in names:
-            column = chunk.column(target.name)
-            arrays.append(column if column.type == target.type else column.cast(target.type))
-        else:  # column added to the table after this file was written
-            arrays.append(pa.nulls(rows, target.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
 
 # --------------------------------------------------------------------------- writing
