@@ -21,10 +21,9 @@ from typing import Any
 
 from spark_scoring.config import JobConfig, load_config
 from spark_scoring.errors import EXIT_OK, EXIT_RUN_FAILED, ScoringError, UsageError
+from spark_scoring.models.tasks import TASK_NAMES
 
 log = logging.getLogger("spark_scoring")
-
-TASK_CHOICES = ("embedding", "text-classification", "text-generation", "pyfunc")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("register-model", help="log a model to MLflow, register a version, set an alias")
     p.add_argument("--path", required=True, help="model directory (Hugging Face, sentence-transformers or MLflow model)")
     p.add_argument("--name", required=True, help="registered model name")
-    p.add_argument("--task", required=True, choices=TASK_CHOICES, help="the task the model is registered for")
+    p.add_argument("--task", required=True, choices=TASK_NAMES, help="the task the model is registered for")
     p.add_argument("--alias", help="alias to point at the new version, e.g. champion")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

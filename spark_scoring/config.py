@@ -25,9 +25,17 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from spark_scoring.errors import ConfigError
+from spark_scoring.models.tasks import (  # a light module: the standard library only
+    TASK_NAMES,
+    TASK_SPECS,
+    or_list,
+    task_option_problems,
+    task_spec,
+)
 
 Engine = Literal["auto", "delta-spark", "delta-rs"]
-TaskName = Literal["embedding", "text-classification", "text-generation", "pyfunc"]
+# The allowed `model.task` values are the task registry's names, never a list kept here.
+TaskName = Literal[TASK_NAMES]
 Device = str  # "auto", "cpu", "cuda", "cuda:N"; checked in ModelConfig.__post_init__
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OnChange = Literal["rescore", "new-rows-only", "fail"]
@@ -408,10 +416,12 @@ def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
         problems.append("output.table: must differ from source.table (scoring never rewrites its input)")
     if not model.input:
         problems.append("model.input: give at least one input column")
-    if model.task != "pyfunc" and len(model.input) != 1:
+    spec = task_spec(model.task)  # model.task is one of TASK_NAMES once the config is built
+    if spec.single_column and len(model.input) != 1:
+        several = or_list(s.name for s in TASK_SPECS if not s.single_column)
         problems.append(
-            f"model.input: task {model.task!r} takes exactly one text column, got {list(model.input)}; "
-            "only task 'pyfunc' takes several columns"
+            f"model.input: task {model.task!r} takes exactly one {spec.input_kind} column, got "
+            f"{list(model.input)}; only task {several} takes several columns"
         )
     reserved = {src.key, *src.partition_by}
     for col in model.input:
@@ -424,8 +434,4 @@ def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
         problems.append(f"source.key: {src.key!r} is also a partition column; the key must be a row-level column")
     if len(set(src.partition_by)) != len(src.partition_by):
         problems.append(f"source.partition_by: duplicate columns in {list(src.partition_by)}")
-    # Imported here: the task registry pulls in model code that the config must not need
-    # just to be parsed.
-    from spark_scoring.models.tasks import task_option_problems
-
     problems.extend(task_option_problems(model.task, dict(model.options)))

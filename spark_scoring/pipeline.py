@@ -45,13 +45,12 @@ from spark_scoring.errors import (
 from spark_scoring.incremental import INPUT_HASH, META, Plan
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
+from spark_scoring.models.tasks import task_spec
 from spark_scoring.progress import Progress
 from spark_scoring.session import get_spark
 from spark_scoring.tracking import RunTracker
 
 log = logging.getLogger(__name__)
-
-TEXT_TASKS = ("embedding", "text-classification", "text-generation")
 
 
 @dataclass
@@ -336,7 +335,7 @@ def _check_source_schema(cfg: JobConfig, schema: StructType, partition_cols: Seq
     for where, col in needed:
         if col not in fields:
             problems.append(f"{where}: column {col!r} is not in the source table (columns: {', '.join(fields)})")
-    if cfg.model.task in TEXT_TASKS:
+    if task_spec(cfg.model.task).input_kind == "text":
         for col in cfg.model.input:
             if col in fields and not isinstance(fields[col], StringType):
                 problems.append(

@@ -36,7 +36,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from spark_scoring import batching
 from spark_scoring.config import BatchConfig, ModelConfig
 from spark_scoring.errors import ConfigError, ModelError, SchemaDriftError, UsageError
-from spark_scoring.models.tasks import get_task
+from spark_scoring.models.tasks import get_task, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +226,14 @@ def score(df: DataFrame, spec: ModelSpec, stats: ScoringStats | None = None) -> 
         SchemaDriftError: an input column is missing or (text tasks) not a string.
         UsageError: `df` already has a column the scoring would add.
     """
-    task = get_task(spec.task)
+    input_kind = task_spec(spec.task).input_kind
     names = df.columns
     for col in spec.input_columns:
         if col not in names:
             raise SchemaDriftError(
                 f"input column {col!r} (model.input) is not in the data; available columns: {names}"
             )
-        if task.text_input and not isinstance(df.schema[col].dataType, StringType):
+        if input_kind == "text" and not isinstance(df.schema[col].dataType, StringType):
             raise SchemaDriftError(
                 f"input column {col!r} is {df.schema[col].dataType.simpleString()}, but task "
                 f"{spec.task!r} scores text; choose a string column or cast it"

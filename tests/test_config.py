@@ -55,6 +55,10 @@ def test_every_problem_is_reported_at_once_with_key_path_value_and_allowed():
     text = str(info.value)
     assert len(problems) == 5, problems
     assert "model.task: 'summarize' is not allowed; expected one of 'embedding'" in text
+    from spark_scoring.models.tasks import TASK_NAMES
+
+    allowed = ", ".join(repr(n) for n in TASK_NAMES)
+    assert f"model.task: 'summarize' is not allowed; expected one of {allowed}" in text  # the registry's list
     assert "model.batch.max_rows: expected an integer, got 'many'" in text
     assert "lakehouse.engine: 'duckdb' is not allowed; expected one of 'auto', 'delta-spark', 'delta-rs'" in text
     assert "errors.max_error_rate: expected a number, got 'lots'" in text
@@ -76,6 +80,7 @@ def test_semantic_rules():
     assert "output.table: must differ from source.table" in text
     assert "name: 'bad name!' is not allowed" in text
     assert "model.input: task 'embedding' takes exactly one text column" in text
+    assert "got ['text', 'title']; only task 'pyfunc' takes several columns" in text  # from the registry
     assert "model.device: 'tpu' is not allowed" in text
 
 

@@ -13,7 +13,16 @@ import torch
 from spark_scoring.batching import score_rows
 from spark_scoring.config import config_from_dict
 from spark_scoring.errors import ConfigError, ModelError
-from spark_scoring.models.tasks import TASK_NAMES, get_task, task_option_problems
+from spark_scoring.models.tasks import (
+    TASK_NAMES,
+    TASK_SPECS,
+    HfDirectory,
+    TaskSpec,
+    get_task,
+    or_list,
+    task_option_problems,
+    task_spec,
+)
 from tests.tiny_models import LABELS, SAMPLE_TEXTS, TINY_MAX_POSITIONS, tiny_models  # noqa: F401
 
 PACKINGS = [(1, 16384), (3, 16384), (64, 16384), (64, 70)]
@@ -44,6 +53,63 @@ def test_registry_lists_every_task_once():
         assert get_task(name).name == name
     with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: embedding"):
         get_task("nope")
+
+
+def test_registry_entries_say_everything_about_a_task():
+    assert [s.name for s in TASK_SPECS] == list(TASK_NAMES)
+    assert {n: task_spec(n).input_kind for n in TASK_NAMES} == {
+        "embedding": "text", "text-classification": "text", "text-generation": "text", "pyfunc": "columns",
+    }
+    assert [n for n in TASK_NAMES if task_spec(n).single_column] == ["embedding", "text-classification", "text-generation"]
+    emb = task_spec("embedding")
+    assert emb.flavors == ("sentence_transformers", "transformers")
+    assert emb.pipeline_tasks == ("feature-extraction", "sentence-similarity")
+    assert (emb.hf_directory.log_as, emb.hf_directory.refuse_generative) == ("feature-extraction", True)
+    assert task_spec("text-classification").hf_directory.architectures == ("ForSequenceClassification",)
+    assert task_spec("text-generation").hf_directory.architectures == ("ForCausalLM", "LMHeadModel")
+    assert task_spec("pyfunc").flavors == ("python_function",) and task_spec("pyfunc").hf_directory is None
+    for spec in TASK_SPECS:
+        assert spec.load() is get_task(spec.name)
+        assert spec.target.endswith(":" + get_task(spec.name).__name__)
+    with pytest.raises(KeyError, match="unknown task 'image-captioning'; known tasks: embedding, text-classification"):
+        task_spec("image-captioning")
+    with pytest.raises(AttributeError):
+        emb.name = "x"  # frozen
+
+
+def test_registry_refuses_inconsistent_entries():
+    """An entry added for a new task is checked when the registry is imported."""
+    with pytest.raises(ValueError, match="input_kind 'audio' is not one of"):
+        TaskSpec(name="t", target="m:C", input_kind="audio", flavors=("python_function",))
+    with pytest.raises(ValueError, match=r"flavors \('onnx',\) must be some of"):
+        TaskSpec(name="t", target="m:C", input_kind="image", flavors=("onnx",))
+    with pytest.raises(ValueError, match="pipeline_tasks are needed exactly for the transformers flavour"):
+        TaskSpec(name="t", target="m:C", input_kind="image", flavors=("transformers",))
+    with pytest.raises(ValueError, match="hf_directory.log_as must be one of its pipeline_tasks"):
+        TaskSpec(
+            name="t", target="m:C", input_kind="image", flavors=("transformers",),
+            pipeline_tasks=("image-classification",), hf_directory=HfDirectory(log_as="x", needs="y"),
+        )
+
+
+def test_or_list():
+    assert or_list([]) == "none"
+    assert or_list(["pyfunc"]) == "'pyfunc'"
+    assert or_list(TASK_NAMES[:3]) == "'embedding', 'text-classification' or 'text-generation'"
+
+
+def test_registry_and_config_import_no_model_libraries():
+    """Parsing a config (or printing --help) must not import torch, transformers or pyspark."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import spark_scoring.config, spark_scoring.cli, spark_scoring.models.tasks as t; "
+        "t.task_spec('embedding'); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'pyspark', 'mlflow'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def test_task_option_problems():

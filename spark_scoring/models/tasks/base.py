@@ -138,8 +138,6 @@ class Task(ABC):
 
     name: ClassVar[str]
     options: ClassVar[Mapping[str, OptionSpec]] = {}
-    #: True when the task reads one text column (all but pyfunc).
-    text_input: ClassVar[bool] = True
 
     @classmethod
     def option_problems(cls, options: Mapping[str, Any]) -> list[str]:

@@ -46,7 +46,6 @@ class PyfuncTask(Task):
 
     name = "pyfunc"
     options = {}
-    text_input = False
 
     @classmethod
     def check_model(cls, model_dir: str) -> None:
