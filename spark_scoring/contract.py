@@ -174,6 +174,8 @@ class CommitRecord:
 _FIELD_TYPES: dict[str, type] = {
     f.name: (int if "int" in str(f.type) else str) for f in dataclasses.fields(CommitRecord)
 }
+#: The `CommitRecord` fields holding integers (strings in the Delta log, parsed when read back).
+INT_FIELDS: tuple[str, ...] = tuple(name for name, kind in _FIELD_TYPES.items() if kind is int)
 
 
 def strip_prefix(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
