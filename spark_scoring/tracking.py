@@ -32,15 +32,19 @@ import os
 import tempfile
 import time
 import typing
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_scoring.config import TaskName
 from spark_scoring.errors import ModelError, TrackingError
+from spark_scoring.mlflow_env import (
+    check_tracking_reachable,
+    default_tracking_uri,
+    get_or_create_experiment,
+    make_client,
+    quiet_mlflow,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -58,62 +62,11 @@ DEFAULT_REGISTER_EXPERIMENT = "spark-scoring-models"
 _MAX_PARAM_LEN = 6000
 _MAX_TAG_LEN = 8000
 _MAX_FAILURE_LEN = 4000
-# How long a tracking server may take to answer before we call it unreachable.
-_PROBE_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------------------
-# URIs, quiet MLflow, reachability
+# register_model
 # --------------------------------------------------------------------------------------
-
-
-def default_tracking_uri() -> str:
-    """The tracking URI used when a job config names none.
-
-    `MLFLOW_TRACKING_URI` wins when set; otherwise a SQLite store `mlflow.db` in the current
-    working directory (absolute, so Spark executors and later `cd`s see the same file).
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-@contextlib.contextmanager
-def _quiet_mlflow(fail_fast: bool = False) -> Iterator[None]:
-    """Silence MLflow/transformers progress bars; optionally make HTTP calls fail in seconds.
-
-    MLflow retries HTTP requests 7 times with exponential back-off (minutes in total) and
-    reads these variables at request time, so setting them around our calls is enough.
-    A value the user exported is left alone.
-    """
-    overrides = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    if fail_fast:
-        overrides.update(
-            MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
-            MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
-            MLFLOW_HTTP_REQUEST_TIMEOUT="20",
-        )
-    saved = {k: os.environ.get(k) for k in overrides}
-    for key, value in overrides.items():
-        if saved[key] is None:
-            os.environ[key] = value
-    tf_bars = None
-    try:
-        from transformers.utils import logging as tf_logging
-
-        tf_bars = tf_logging.is_progress_bar_enabled()
-        tf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - transformers missing or changed: bars are cosmetic
-        tf_logging = None
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-        if tf_logging is not None and tf_bars:
-            tf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -144,79 +97,6 @@ def _global_uris(tracking_uri: str, registry_uri: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def check_tracking_reachable(uri: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
-    """Fail fast with a clear `TrackingError` when an HTTP tracking server does not answer.
-
-    Any HTTP answer (even 404 from a proxy) counts as reachable; only connection errors
-    and timeouts do not. Non-HTTP URIs (sqlite, databricks, file) are not probed.
-
-    Raises:
-        TrackingError: naming the URI, when nothing answers within `timeout` seconds.
-    """
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - the user's server
-            return
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(
-            f"the MLflow tracking server {uri} is unreachable ({reason}); start it, or point "
-            "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running server or a "
-            "sqlite:/// store"
-        ) from exc
-
-
-def _artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
-    """Where a new experiment keeps its artifacts.
-
-    For a SQLite store the artifacts go next to the database file instead of MLflow's
-    default `./mlruns` in whatever the current directory happens to be; servers decide for
-    themselves (None).
-    """
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db_path = Path(tracking_uri[len("sqlite:///") :])
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-    return (db_path.parent / "mlartifacts" / safe).resolve().as_uri()
-
-
-def _get_or_create_experiment(client: MlflowClient, tracking_uri: str, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {name!r} at {tracking_uri} is deleted; restore it "
-                "(mlflow experiments restore) or use another mlflow.experiment"
-            )
-        return exp.experiment_id
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_location_for(tracking_uri, name))
-    except MlflowException:
-        # Another process created it between our lookup and create.
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
-def _client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
-
-
-# --------------------------------------------------------------------------------------
-# register_model
-# --------------------------------------------------------------------------------------
 
 
 def _model_kind(path: Path) -> str:
@@ -436,10 +316,10 @@ def register_model(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = make_client(uri)
     try:
-        with _quiet_mlflow(fail_fast=True), _global_uris(uri, uri):
-            experiment_id = _get_or_create_experiment(client, uri, experiment)
+        with quiet_mlflow(fail_fast=True), _global_uris(uri, uri):
+            experiment_id = get_or_create_experiment(client, uri, experiment)
             run = client.create_run(
                 experiment_id, run_name=f"register-{name}", tags={TASK_TAG: task, "spark_scoring.kind": kind}
             )
@@ -528,10 +408,10 @@ class RunTracker:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
-        self._client = _client(self.tracking_uri, self.registry_uri)
+        self._client = make_client(self.tracking_uri, self.registry_uri)
         try:
-            with _quiet_mlflow(fail_fast=True):
-                self.experiment_id = _get_or_create_experiment(
+            with quiet_mlflow(fail_fast=True):
+                self.experiment_id = get_or_create_experiment(
                     self._client, self.tracking_uri, self.experiment_name
                 )
                 run = self._client.create_run(
@@ -560,7 +440,7 @@ class RunTracker:
         if self._run_id is None or self._ended:
             return
         client = self._require()
-        with _quiet_mlflow(fail_fast=True):
+        with quiet_mlflow(fail_fast=True):
             if failure is not None:
                 client.set_tag(self._run_id, "spark_scoring.failure", _truncate(failure, _MAX_FAILURE_LEN))
             client.set_terminated(self._run_id, status)
@@ -600,7 +480,7 @@ class RunTracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            with _quiet_mlflow():
+            with quiet_mlflow():
                 yield client
         except MlflowException as exc:
             raise TrackingError(

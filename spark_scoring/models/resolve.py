@@ -36,13 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_scoring.errors import ModelError, TrackingError
-from spark_scoring.tracking import (
-    TASK_TAG,
-    TASKS,
-    _quiet_mlflow,
-    check_tracking_reachable,
-    default_tracking_uri,
-)
+from spark_scoring.mlflow_env import existing_store_uris, make_client, quiet_mlflow
+from spark_scoring.tracking import TASK_TAG, TASKS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow import MlflowClient
@@ -115,7 +110,7 @@ def resolve_model(
         uri: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a local
             directory (absolute or relative to the working directory; `file://` allowed).
         task: the job's task (embedding | text-classification | text-generation | pyfunc).
-        tracking_uri: MLflow tracking URI; default `spark_scoring.tracking.default_tracking_uri()`.
+        tracking_uri: MLflow tracking URI; default `spark_scoring.mlflow_env.default_tracking_uri()`.
         registry_uri: model registry URI; default the tracking URI.
         cache_dir: where downloads go; default `default_cache_dir()`.
 
@@ -155,28 +150,6 @@ def resolve_model(
 # --------------------------------------------------------------------------------------
 
 
-def _uris(tracking_uri: str | None, registry_uri: str | None) -> tuple[str, str]:
-    tracking = tracking_uri or default_tracking_uri()
-    registry = registry_uri or tracking
-    for u in dict.fromkeys((tracking, registry)):
-        if u.startswith("sqlite:///"):
-            db = Path(u[len("sqlite:///") :])
-            if not db.is_file():
-                raise TrackingError(
-                    f"the MLflow store {u} does not exist (no file {db}); register a model "
-                    "there first, or set mlflow.tracking_uri to the store or server that "
-                    "holds your models"
-                )
-        check_tracking_reachable(u)
-    return tracking, registry
-
-
-def _client(tracking: str, registry: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking, registry_uri=registry)
-
-
 def _not_found(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
@@ -188,7 +161,7 @@ def _registry_errors(what: str, where: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        with _quiet_mlflow(fail_fast=True):
+        with quiet_mlflow(fail_fast=True):
             yield
     except (ModelError, TrackingError):
         raise
@@ -233,8 +206,8 @@ def _resolve_registry(
     from mlflow.exceptions import MlflowException
 
     name, alias, version = _parse_models_uri(uri)
-    tracking, registry = _uris(tracking_uri, registry_uri)
-    client = _client(tracking, registry)
+    tracking, registry = existing_store_uris(tracking_uri, registry_uri)
+    client = make_client(tracking, registry)
     where = f"the model registry {registry}"
     with _registry_errors(f"resolving {uri}", where):
         try:
@@ -304,8 +277,8 @@ def _resolve_run(uri: str, task: str, tracking_uri: str | None, cache: Path) -> 
     run_id, _, artifact_path = rest.partition("/")
     if not run_id or not artifact_path:
         raise ModelError(f"model URI {uri!r} is not understood; use runs:/RUN_ID/PATH (e.g. runs:/abc123/model)")
-    tracking, _registry = _uris(tracking_uri, None)
-    client = _client(tracking, tracking)
+    tracking, _registry = existing_store_uris(tracking_uri, None)
+    client = make_client(tracking, tracking)
     where = f"the MLflow tracking store {tracking}"
     with _registry_errors(f"resolving {uri}", where):
         try:
