@@ -521,7 +521,13 @@ class DeltaLog:
         else:
             start = 0
         timestamp = None
-        for commit in self.commits(start, version):
+        try:
+            replay = self.commits(start, version)
+        except MissingLogError as exc:
+            raise MissingLogError(
+                f"version {version} of {self.table!r} can no longer be rebuilt from its log: {exc}"
+            ) from exc
+        for commit in replay:
             for action in commit.removes:
                 files.pop(action.key, None)
             for action in commit.adds:
