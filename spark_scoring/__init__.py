@@ -23,7 +23,7 @@ _EXPORTS = {
     "backfill": "spark_scoring.pipeline",
     "status": "spark_scoring.pipeline",
     "RunResult": "spark_scoring.pipeline",
-    "register_model": "spark_scoring.tracking",
+    "register_model": "spark_scoring.models.register",
     "resolve_model": "spark_scoring.models.resolve",
     "open_lakehouse": "spark_scoring.lakehouse",
     "get_spark": "spark_scoring.session",

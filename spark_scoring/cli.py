@@ -129,7 +129,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return EXIT_OK
     if args.command == "register-model":
-        from spark_scoring.tracking import register_model
+        from spark_scoring.models.register import register_model
 
         print(register_model(args.path, args.name, args.task, alias=args.alias, tracking_uri=args.tracking_uri))
         return EXIT_OK

@@ -126,7 +126,7 @@ def main() -> int:
     """Run the demo from the repository root; returns an exit code."""
     from spark_scoring import pipeline
     from spark_scoring.cli import configure_logging
-    from spark_scoring.tracking import register_model
+    from spark_scoring.models.register import register_model
 
     configure_logging(0)
     logging.getLogger("spark_scoring").setLevel(logging.WARNING)

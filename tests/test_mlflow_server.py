@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from spark_scoring.config import JobConfig, MlflowConfig, ModelConfig, OutputConfig, SourceConfig
+from spark_scoring.models.register import TASK_TAG, register_model
 from spark_scoring.models.resolve import resolve_model
-from spark_scoring.tracking import TASK_TAG, RunTracker, register_model
+from spark_scoring.tracking import RunTracker
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from spark_scoring.errors import ModelError, TrackingError
+from spark_scoring.models.register import TASK_TAG, register_model
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
-from spark_scoring.tracking import TASK_TAG, register_model
 
 TEXTS = ["Delta tables are scored every night.", "A short one.", "MLflow keeps the lineage."]
 

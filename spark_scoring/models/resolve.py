@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from spark_scoring.errors import ModelError, TrackingError
 from spark_scoring.mlflow_env import existing_store_uris, make_client, quiet_mlflow
-from spark_scoring.tracking import TASK_TAG, TASKS
+from spark_scoring.models.register import TASK_TAG
+from spark_scoring.models.tasks import TASK_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow import MlflowClient
@@ -127,8 +128,8 @@ def resolve_model(
         >>> m.resolved_uri, m.version
         ('models:/minilm/3', '3')
     """
-    if task not in TASKS:
-        raise ModelError(f"task {task!r} is not supported; use one of {', '.join(TASKS)}")
+    if task not in TASK_NAMES:
+        raise ModelError(f"task {task!r} is not supported; use one of {', '.join(TASK_NAMES)}")
     if not isinstance(uri, str) or not uri.strip():
         raise ModelError(f"model.uri must not be empty; give {_ALLOWED_FORMS}")
     uri = uri.strip()
@@ -218,7 +219,7 @@ def _resolve_registry(
             names = [m.name for m in client.search_registered_models(max_results=_LIST_LIMIT)]
             raise ModelError(
                 f"registered model {name!r} (from {uri!r}) does not exist in {where}; existing "
-                f"models: {names or 'none'}; register it first (spark_scoring.tracking."
+                f"models: {names or 'none'}; register it first (spark_scoring."
                 "register_model) or fix model.uri"
             ) from exc
         if alias is not None:
