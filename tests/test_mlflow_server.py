@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from spark_scoring.config import JobConfig, MlflowConfig, ModelConfig, OutputConfig, SourceConfig
-from spark_scoring.models.register import TASK_TAG, register_model
+from spark_scoring.models.flavors import TASK_TAG
+from spark_scoring.models.register import register_model
 from spark_scoring.models.resolve import resolve_model
 from spark_scoring.tracking import RunTracker
 

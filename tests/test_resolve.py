@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from spark_scoring.errors import ModelError, TrackingError
-from spark_scoring.models.register import TASK_TAG, register_model
+from spark_scoring.models.flavors import TASK_TAG
+from spark_scoring.models.register import register_model
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
 
 TEXTS = ["Delta tables are scored every night.", "A short one.", "MLflow keeps the lineage."]
@@ -116,6 +117,78 @@ def test_register_rejects_missing_and_non_model_dirs(store, tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ModelError, match=r"is not a model directory: it has no MLmodel .*files there: \['notes.txt'\]"):
         register_model(tmp_path, "x", task="embedding", tracking_uri=store["uri"])
+
+
+# --------------------------------------------------------------------------------------
+# the shared directory and flavour rules (models/flavors.py), read from the task registry
+# --------------------------------------------------------------------------------------
+
+_ST = {"sentence_transformers": {}, "python_function": {"data": "model.sentence_transformer"}}
+_PIPE = {"transformers": {"task": "text-classification"}, "python_function": {}}
+_PYFUNC = {"python_function": {"loader_module": "mlflow.pyfunc.model"}}
+
+
+def test_serving_flavor_follows_the_registry():
+    from spark_scoring.models.flavors import serving_flavor
+
+    assert serving_flavor(_ST, "embedding", "m") == "sentence_transformers"
+    assert serving_flavor(_ST, "pyfunc", "m") == "python_function"
+    assert serving_flavor(_PIPE, "text-classification", "m") == "transformers"
+    assert serving_flavor({"transformers": {"task": "sentence-similarity"}}, "embedding", "m") == "transformers"
+    assert serving_flavor(_PIPE, "pyfunc", "m") == "python_function"
+    assert serving_flavor(_PYFUNC, "pyfunc", "m") == "python_function"
+    with pytest.raises(ModelError, match=r"^m is a sentence-transformers model: it serves task 'embedding' \(or 'pyfunc'\), not 'text-generation'$"):
+        serving_flavor(_ST, "text-generation", "m")
+    with pytest.raises(ModelError, match=r"^m is a transformers 'text-classification' pipeline; task 'text-generation' needs one of \['text-generation'\]; fix the task or the model$"):
+        serving_flavor(_PIPE, "text-generation", "m")
+    with pytest.raises(ModelError, match=r"^m has flavours \['python_function'\]; task 'text-classification' needs a transformers model; use task 'pyfunc' for other MLflow models$"):
+        serving_flavor(_PYFUNC, "text-classification", "m")
+    with pytest.raises(ModelError, match=r"^task 'pyfunc' needs an MLflow model with the python_function flavour; m has flavours \['transformers'\]$"):
+        serving_flavor({"transformers": {"task": "text-generation"}}, "pyfunc", "m")
+
+
+def _hf_dir(path: Path, **config) -> Path:
+    import json
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_plain_directory_and_architecture_rules(tmp_path, minilm_dir):
+    from spark_scoring.models.flavors import (
+        check_architectures,
+        check_plain_directory,
+        directory_kind,
+        is_generative,
+    )
+
+    st = Path(minilm_dir)
+    assert directory_kind(st) == "sentence_transformers"
+    check_plain_directory(st, "sentence_transformers", "embedding")
+    with pytest.raises(ModelError, match=r"task 'pyfunc' needs an MLflow model directory .*or use task 'embedding'$"):
+        check_plain_directory(st, "sentence_transformers", "pyfunc")
+    gpt = _hf_dir(tmp_path / "gpt", architectures=["GPT2LMHeadModel"])
+    assert directory_kind(gpt) == "transformers"
+    for task in ("embedding", "text-classification", "text-generation"):
+        check_plain_directory(gpt, "transformers", task)  # the architectures are checked separately
+    with pytest.raises(ModelError, match=r"or use task 'embedding', 'text-classification' or 'text-generation'$"):
+        check_plain_directory(gpt, "transformers", "pyfunc")
+    check_architectures(gpt, "text-generation")
+    with pytest.raises(ModelError, match=r"task 'embedding' needs an encoder or sentence-transformers model; .*gpt is a generative model \(architectures \['GPT2LMHeadModel'\]\)"):
+        check_architectures(gpt, "embedding")
+    t5 = _hf_dir(tmp_path / "t5", architectures=["T5Model"], is_encoder_decoder=True)
+    assert is_generative(["T5Model"], {"is_encoder_decoder": True}) and not is_generative(["BertModel"], {})
+    with pytest.raises(ModelError, match="is a generative model"):
+        check_architectures(t5, "embedding")
+    clf = _hf_dir(tmp_path / "clf", architectures=["RobertaForSequenceClassification"])
+    check_architectures(clf, "text-classification")
+    check_architectures(clf, "embedding")  # an encoder: its hidden states embed
+    with pytest.raises(ModelError, match=r"needs a causal language model .*\['RobertaForSequenceClassification'\]"):
+        check_architectures(clf, "text-generation")
+    (tmp_path / "clf" / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot read .*config.json"):
+        check_architectures(clf, "text-classification")
 
 
 # --------------------------------------------------------------------------------------
@@ -277,7 +350,7 @@ def test_local_dir_errors(tmp_path, cache, minilm_dir):
         resolve_model("missing-model", task="embedding", cache_dir=cache)
     with pytest.raises(ModelError, match="task 'pyfunc' needs an MLflow model directory"):
         resolve_model(minilm_dir, task="pyfunc", cache_dir=cache)
-    with pytest.raises(ModelError, match="sentence-transformers model: it serves task 'embedding', not 'text-generation'"):
+    with pytest.raises(ModelError, match=r"sentence-transformers model \(modules.json\): it serves task 'embedding', not 'text-generation'"):
         resolve_model(minilm_dir, task="text-generation", cache_dir=cache)
 
 
@@ -434,5 +507,6 @@ def test_pyfunc_mlflow_dir_roundtrip(store, client, tmp_path, cache):
     assert local.local_dir == str(src.resolve()) and local.flavor == "python_function"
     with pytest.raises(ModelError, match=r"has flavours \['python_function'\]; task 'embedding' needs a sentence_transformers or transformers model"):
         resolve_model(str(src), task="embedding", cache_dir=cache)
-    with pytest.raises(ModelError, match=r"task 'embedding' needs a sentence-transformers or transformers MLflow model"):
+    # registration and resolution check flavours with the same rule (models/flavors.py)
+    with pytest.raises(ModelError, match=r"has flavours \['python_function'\]; task 'embedding' needs a sentence_transformers or transformers model"):
         register_model(src, "doubler-emb", task="embedding", tracking_uri=store["uri"])

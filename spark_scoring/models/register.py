@@ -17,9 +17,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,17 @@ from spark_scoring.mlflow_env import (
     make_client,
     quiet_mlflow,
 )
-from spark_scoring.models.tasks import TASK_NAMES
+from spark_scoring.models.flavors import (
+    TASK_TAG,
+    DirectoryKind,
+    check_architectures,
+    check_plain_directory,
+    directory_kind,
+    read_flavors,
+    serving_flavor,
+)
+from spark_scoring.models.tasks import TASK_NAMES, task_spec
 
-TASK_TAG = "spark_scoring.task"
 DEFAULT_REGISTER_EXPERIMENT = "spark-scoring-models"
 
 
@@ -67,111 +74,17 @@ def _global_uris(tracking_uri: str, registry_uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _model_kind(path: Path) -> str:
-    """'mlflow', 'sentence_transformers' or 'transformers', from the files in `path`."""
-    if (path / "MLmodel").is_file():
-        return "mlflow"
-    if (path / "modules.json").is_file():
-        return "sentence_transformers"
-    if (path / "config.json").is_file():
-        return "transformers"
-    files = sorted(p.name for p in path.iterdir())[:20]
-    raise ModelError(
-        f"{path} is not a model directory: it has no MLmodel (MLflow model), modules.json "
-        f"(sentence-transformers) or config.json (Hugging Face transformers); files there: {files}"
-    )
-
-
-def _architectures(path: Path) -> tuple[list[str], dict[str, Any]]:
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path / 'config.json'}: {exc}") from exc
-    return list(config.get("architectures") or []), config
-
-
-def _is_generator(archs: list[str], config: Mapping[str, Any]) -> bool:
-    return bool(config.get("is_encoder_decoder")) or any(
-        a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs
-    )
-
-
-def _check_task_matches(path: Path, kind: str, task: str) -> None:
+def _check_task_matches(path: Path, kind: DirectoryKind, task: str) -> None:
     """Raise `ModelError` when the model in `path` cannot serve `task` (nothing is logged yet)."""
     if task not in TASK_NAMES:
         raise ModelError(f"task {task!r} is not supported; use one of {', '.join(TASK_NAMES)}")
     if kind == "mlflow":
-        from mlflow.models import Model
-
-        flavors = Model.load(str(path)).flavors
-        if task == "pyfunc":
-            if "python_function" not in flavors:
-                raise ModelError(
-                    f"task 'pyfunc' needs an MLflow model with the python_function flavour; "
-                    f"{path} has flavours {sorted(flavors)}"
-                )
-            return
-        if "sentence_transformers" in flavors:
-            if task != "embedding":
-                raise ModelError(
-                    f"{path} is a sentence-transformers model: it serves task 'embedding' "
-                    f"(or 'pyfunc'), not {task!r}"
-                )
-            return
-        if "transformers" in flavors:
-            pipeline_task = flavors["transformers"].get("task")
-            allowed = _PIPELINE_TASKS[task]
-            if pipeline_task not in allowed:
-                raise ModelError(
-                    f"{path} is a transformers {pipeline_task!r} pipeline; task {task!r} needs "
-                    f"one of {sorted(allowed)}"
-                )
-            return
-        raise ModelError(
-            f"task {task!r} needs a sentence-transformers or transformers MLflow model; {path} "
-            f"has flavours {sorted(flavors)}; register it with task 'pyfunc' instead"
-        )
-    if task == "pyfunc":
-        raise ModelError(
-            f"task 'pyfunc' needs an MLflow model directory (with an MLmodel file); {path} is a "
-            "plain Hugging Face directory: register it with task 'embedding', "
-            "'text-classification' or 'text-generation'"
-        )
-    if kind == "sentence_transformers":
-        if task != "embedding":
-            raise ModelError(
-                f"{path} is a sentence-transformers model (modules.json): it serves task "
-                f"'embedding', not {task!r}"
-            )
+        serving_flavor(read_flavors(path), task, str(path))
         return
-    archs, config = _architectures(path)
-    if task == "text-classification":
-        if not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ModelError(
-                f"task 'text-classification' needs a sequence-classification model "
-                f"(config.json architectures like 'BertForSequenceClassification'); {path} has "
-                f"architectures {archs}"
-            )
-    elif task == "text-generation":
-        if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-            raise ModelError(
-                f"task 'text-generation' needs a causal language model (architectures like "
-                f"'GPT2LMHeadModel' or '...ForCausalLM'); {path} has architectures {archs}"
-            )
-    elif task == "embedding" and _is_generator(archs, config):
-        raise ModelError(
-            f"task 'embedding' needs an encoder or sentence-transformers model; {path} is a "
-            f"generative model (architectures {archs})"
-        )
+    check_plain_directory(path, kind, task)
+    if kind == "transformers":
+        check_architectures(path, task)
 
-
-# config task -> transformers pipeline tasks that serve it
-_PIPELINE_TASKS: dict[str, frozenset[str]] = {
-    "embedding": frozenset({"feature-extraction", "sentence-similarity"}),
-    "text-classification": frozenset({"text-classification", "sentiment-analysis"}),
-    "text-generation": frozenset({"text-generation"}),
-    "pyfunc": frozenset(),
-}
 
 _EXAMPLE_TEXT = ["spark-scoring scores Delta tables with models."]
 
@@ -221,7 +134,7 @@ def _log_transformers(path: Path, task: str) -> Any:
     import mlflow
     import transformers
 
-    pipeline_task = {"embedding": "feature-extraction"}.get(task, task)
+    pipeline_task = task_spec(task).hf_directory.log_as  # _check_task_matches made sure it has one
     pipe = transformers.pipeline(pipeline_task, model=str(path), tokenizer=str(path), device="cpu")
     kwargs: dict[str, Any] = {}
     card = _model_card(path)
@@ -250,8 +163,8 @@ def register_model(
     """Log a local model directory with the fitting MLflow flavour and register a new version.
 
     * a sentence-transformers directory (has `modules.json`) -> sentence_transformers flavour
-    * another Hugging Face directory (`config.json`) -> transformers flavour, logged as a
-      pipeline (`feature-extraction` for task "embedding")
+    * another Hugging Face directory (`config.json`) -> transformers flavour, logged as the
+      pipeline the task registry names (`feature-extraction` for task "embedding")
     * an MLflow model directory (`MLmodel`) -> its files are logged unchanged (flavours,
       signature and input example kept) and registered as is.
 
@@ -261,7 +174,7 @@ def register_model(
     Args:
         path: the local model directory.
         name: registered model name (created when missing).
-        task: embedding | text-classification | text-generation | pyfunc.
+        task: the task the model serves (one of `spark_scoring.models.tasks.TASK_NAMES`).
         alias: alias to point at the new version, e.g. "champion".
         tracking_uri: MLflow tracking (and registry) URI; default `default_tracking_uri()`.
         experiment: experiment that holds the logging runs.
@@ -276,7 +189,7 @@ def register_model(
     src = Path(path).expanduser().resolve()
     if not src.is_dir():
         raise ModelError(f"model directory {src} does not exist; pass the directory of a saved model")
-    kind = _model_kind(src)
+    kind = directory_kind(src)
     _check_task_matches(src, kind, task)
     uri = tracking_uri or default_tracking_uri()
     check_tracking_reachable(uri)

@@ -37,21 +37,23 @@ from typing import TYPE_CHECKING, Any
 
 from spark_scoring.errors import ModelError, TrackingError
 from spark_scoring.mlflow_env import existing_store_uris, make_client, quiet_mlflow
-from spark_scoring.models.register import TASK_TAG
+from spark_scoring.models.flavors import (
+    HF_COMPONENTS_DIR,
+    HF_MODEL_DIR,
+    MLMODEL,
+    ST_DATA_DIR,
+    TASK_TAG,
+    check_plain_directory,
+    directory_kind,
+    read_flavors,
+    serving_flavor,
+)
 from spark_scoring.models.tasks import TASK_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow import MlflowClient
 
 _MARKER = ".spark_scoring_complete"
-_ST_DATA_DIR = "model.sentence_transformer"  # mlflow.sentence_transformers.SENTENCE_TRANSFORMERS_DATA_PATH
-_HF_MODEL_DIR = "model"  # mlflow.transformers.model_io._MODEL_BINARY_FILE_NAME
-_HF_COMPONENTS_DIR = "components"  # mlflow.transformers.model_io._COMPONENTS_BINARY_DIR_NAME
-_PIPELINE_TASKS = {
-    "embedding": frozenset({"feature-extraction", "sentence-similarity"}),
-    "text-classification": frozenset({"text-classification", "sentiment-analysis"}),
-    "text-generation": frozenset({"text-generation"}),
-}
 _LIST_LIMIT = 20
 _ALLOWED_FORMS = (
     "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a local model directory"
@@ -110,7 +112,7 @@ def resolve_model(
     Args:
         uri: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, or a local
             directory (absolute or relative to the working directory; `file://` allowed).
-        task: the job's task (embedding | text-classification | text-generation | pyfunc).
+        task: the job's task (one of `spark_scoring.models.tasks.TASK_NAMES`).
         tracking_uri: MLflow tracking URI; default `spark_scoring.mlflow_env.default_tracking_uri()`.
         registry_uri: model registry URI; default the tracking URI.
         cache_dir: where downloads go; default `default_cache_dir()`.
@@ -324,7 +326,7 @@ def _run_model_location(client: MlflowClient, run: Any, artifact_path: str, uri:
         listed = mlflow.artifacts.list_artifacts(artifact_uri=in_run, tracking_uri=client.tracking_uri)
     except Exception:  # noqa: BLE001 - nothing there (each store says so differently)
         listed = []
-    if any(Path(f.path).name == "MLmodel" for f in listed or []):
+    if any(Path(f.path).name == MLMODEL for f in listed or []):
         return in_run
     models = [
         m
@@ -359,7 +361,7 @@ def _download(artifact_uri: str, dst: Path, tracking: str, registry: str) -> Non
             artifact_uri=artifact_uri, dst_path=str(staging), tracking_uri=tracking, registry_uri=registry
         )
     )
-    if not (got / "MLmodel").is_file():
+    if not (got / MLMODEL).is_file():
         raise ModelError(
             f"{artifact_uri} holds no MLflow model (no MLmodel file among "
             f"{sorted(p.name for p in got.iterdir())[:_LIST_LIMIT]})"
@@ -384,31 +386,17 @@ def _resolve_local(requested: str, path_text: str, task: str, cache: Path) -> Re
         )
     fingerprint = _fingerprint(path)
     model_id = _model_id(str(path), task, fingerprint)
-    if (path / "MLmodel").is_file():
+    kind = directory_kind(path)
+    if kind == "mlflow":
         # Merging a transformers model writes a new directory: keep it in the cache, keyed
         # by the content fingerprint so an edited directory gets a fresh merge.
         merge_slot = cache / "local" / model_id
         flavor, local_dir = _locate(path, task, str(path), merge_slot=merge_slot)
     else:
-        if task == "pyfunc":
-            raise ModelError(
-                f"task 'pyfunc' needs an MLflow model directory (with an MLmodel file); {path} has "
-                "none. Save the model with mlflow.pyfunc.save_model, or use a text task"
-            )
-        if (path / "modules.json").is_file():
-            flavor = "sentence_transformers"
-            if task != "embedding":
-                raise ModelError(
-                    f"{path} is a sentence-transformers model: it serves task 'embedding', not {task!r}"
-                )
-        elif (path / "config.json").is_file():
-            flavor = "transformers"
-        else:
-            raise ModelError(
-                f"{path} is not a model directory: no MLmodel, modules.json or config.json; "
-                f"files there: {sorted(p.name for p in path.iterdir())[:_LIST_LIMIT]}"
-            )
-        local_dir = path
+        # The config.json architectures are left to the task's own check when the model
+        # is prepared (registration checks them up front).
+        check_plain_directory(path, kind, task)
+        flavor, local_dir = kind, path
     return ResolvedModel(
         requested_uri=requested,
         resolved_uri=str(path),
@@ -443,57 +431,29 @@ def _locate(root: Path, task: str, label: str, merge_slot: Path | None = None) -
     For a downloaded registry/run model the transformers merge was already done inside the
     cache slot (`root.parent / "hf"`); for a local MLflow directory it goes to `merge_slot`.
     """
-    flavors = _flavors(root)
-    if task == "pyfunc":
-        if "python_function" not in flavors:
-            raise ModelError(
-                f"{label} has no python_function flavour (flavours: {sorted(flavors)}); task "
-                "'pyfunc' needs one"
-            )
-        return "python_function", root
-    if "sentence_transformers" in flavors:
-        if task != "embedding":
-            raise ModelError(f"{label} is a sentence-transformers model: it serves task 'embedding', not {task!r}")
-        data = flavors.get("python_function", {}).get("data") or _ST_DATA_DIR
+    flavors = read_flavors(root)
+    flavor = serving_flavor(flavors, task, label)
+    if flavor == "sentence_transformers":
+        data = flavors.get("python_function", {}).get("data") or ST_DATA_DIR
         st_dir = root / data
         if not (st_dir / "modules.json").is_file() and not (st_dir / "config.json").is_file():
             raise ModelError(f"{label}: the sentence-transformers model directory {st_dir} is missing or empty")
-        return "sentence_transformers", st_dir
-    if "transformers" in flavors:
-        conf = flavors["transformers"]
-        pipeline_task = conf.get("task")
-        if pipeline_task not in _PIPELINE_TASKS[task]:
-            raise ModelError(
-                f"{label} is a transformers {pipeline_task!r} pipeline; task {task!r} needs one of "
-                f"{sorted(_PIPELINE_TASKS[task])}; fix model.task or the model"
-            )
+        return flavor, st_dir
+    if flavor == "transformers":
         merged = root.parent / "hf" if merge_slot is None else merge_slot / "hf"
         if not (merged / _MARKER).is_file():
-            _merge_hf(root, conf, merged, label)
-        return "transformers", merged
-    raise ModelError(
-        f"{label} has flavours {sorted(flavors)}; task {task!r} needs a sentence_transformers or "
-        "transformers model; use task 'pyfunc' for other MLflow models"
-    )
-
-
-def _flavors(root: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        meta = yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"cannot read {root / 'MLmodel'}: {exc}") from exc
-    return dict(meta.get("flavors") or {})
+            _merge_hf(root, flavors["transformers"], merged, label)
+        return flavor, merged
+    return flavor, root  # python_function: the MLflow model directory itself
 
 
 def _merge_hf(root: Path, conf: dict[str, Any], merged: Path, label: str) -> None:
     """Copy MLflow's `model/` and `components/<name>/` into ONE Hugging Face directory."""
-    model_dir = root / _HF_MODEL_DIR
+    model_dir = root / HF_MODEL_DIR
     if not (model_dir / "config.json").is_file():
         repo = conf.get("source_model_name") or conf.get("_name_or_path") or "?"
         raise ModelError(
-            f"{label} holds no model weights (no {_HF_MODEL_DIR}/config.json): it was logged with "
+            f"{label} holds no model weights (no {HF_MODEL_DIR}/config.json): it was logged with "
             f"save_pretrained=False and refers to the hub repository {repo!r}, which cannot be "
             "reached here; log it again with save_pretrained=True"
         )
@@ -501,7 +461,7 @@ def _merge_hf(root: Path, conf: dict[str, Any], merged: Path, label: str) -> Non
     def build(tmp: Path) -> None:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         for component in conf.get("components") or []:
-            comp_dir = root / _HF_COMPONENTS_DIR / component
+            comp_dir = root / HF_COMPONENTS_DIR / component
             if not comp_dir.is_dir():
                 continue
             for item in comp_dir.iterdir():
