@@ -2,6 +2,7 @@
 
 Every table access goes through the `Lakehouse` interface (`open_lakehouse`), so the same
 calls work on the JVM Delta connector and on delta-rs. `load_scored` is the plain read.
+Commits are read back as `contract.CommitRecord`s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from spark_scoring.contract import FIXED_COLUMNS, CommitRecord
 from spark_scoring.errors import UsageError
 
 if TYPE_CHECKING:
@@ -22,18 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Prefix of the custom Delta commit metadata every scoring commit writes.
-META_PREFIX = "spark_scoring."
-#: Lineage and error columns every scored table carries (the output contract).
-LINEAGE_COLUMNS = (
-    "error",
-    "model_uri",
-    "model_version",
-    "run_id",
-    "scored_at",
-    "source_version",
-    "input_hash",
-)
+#: The commit-metadata key that names the row key (`spark_scoring.key`).
+_KEY_META = CommitRecord.metadata_key("key")
+
 #: Distribution statistics sample about this many rows per version beyond it (PSI and KS
 #: are stable long before that; collecting more only costs driver memory).
 DEFAULT_MAX_VALUES = 1_000_000
@@ -69,15 +62,13 @@ def _resolve_version(lh: Lakehouse, table: str, version: int | None) -> int:
     return resolved
 
 
-def _commit_metadata(lh: Lakehouse, table: str) -> dict[int, dict[str, str]]:
-    """version -> the `spark_scoring.*` commit metadata of that commit, prefix stripped."""
-    out: dict[int, dict[str, str]] = {}
+def _commit_records(lh: Lakehouse, table: str) -> dict[int, CommitRecord]:
+    """version -> what that commit says about itself, for the commits spark-scoring made."""
+    out: dict[int, CommitRecord] = {}
     for info in lh.history(table):
-        out[info.version] = {
-            key[len(META_PREFIX) :]: value
-            for key, value in (info.metadata or {}).items()
-            if str(key).startswith(META_PREFIX)
-        }
+        record = CommitRecord.from_metadata(info.metadata)
+        if record is not None:
+            out[info.version] = record
     return out
 
 
@@ -88,25 +79,27 @@ def _resolve_key(
     parts: Sequence[str],
     key: str | Sequence[str] | None,
 ) -> tuple[list[str], str]:
+    """The key column(s) and where they came from: the argument, the newest commit that
+    records them, or the table's first column (the output contract puts the key first)."""
     if key is not None:
         keys = [key] if isinstance(key, str) else list(key)
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise UsageError(f"key must be a column name or a list of column names, got {key!r}")
         return keys, "argument"
-    for version in sorted(_commit_metadata(lh, table).items(), reverse=True):
-        recorded = version[1].get("key")
-        if recorded:
-            return [k.strip() for k in recorded.split(",") if k.strip()], "commit metadata"
+    for _, record in sorted(_commit_records(lh, table).items(), reverse=True):
+        if record.key:
+            return [k.strip() for k in record.key.split(",") if k.strip()], "commit metadata"
     first = columns[0] if columns else None
-    reserved = {*parts, *LINEAGE_COLUMNS, "embedding", "label", "score", "scores", "generated_text"}
+    # The task output columns (no home in the contract: each task declares its own).
+    reserved = {*parts, *FIXED_COLUMNS, "embedding", "label", "score", "scores", "generated_text"}
     if first is None or first in reserved:
         raise UsageError(
-            f"cannot tell the key column of {table}: its commits carry no {META_PREFIX}key metadata and its "
+            f"cannot tell the key column of {table}: its commits carry no {_KEY_META} metadata and its "
             f"first column {first!r} is not a key column; pass key='<column>' (or a list of columns)"
         )
     log.info(
-        "no %skey in the commit metadata of %s: using its first column %r as the key",
-        META_PREFIX,
+        "no %s in the commit metadata of %s: using its first column %r as the key",
+        _KEY_META,
         table,
         first,
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from spark_scoring.contract import ERROR, INPUT_HASH, RUN_ID, SCORED_AT
 from spark_scoring.errors import UsageError
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 _PARTITION_COL = "__partition"
 _VALUE_COL = "__value"
 _ALL_ROWS = "(all rows)"
+#: The lineage columns a compact frame keeps (as `__<name>`): a row was re-scored when its
+#: run or time differs, and its input changed when its hash differs.
+_DIFF_LINEAGE = (RUN_ID, SCORED_AT, INPUT_HASH)
 
 
 def _measure(df: DataFrame, measure: str, table: str) -> tuple[str, Column]:
@@ -80,14 +84,14 @@ def _compact(df: DataFrame, keys: Sequence[str], parts: Sequence[str], value: Co
     failed), a failed flag, lineage, and the label of classification tables."""
     from pyspark.sql import functions as F
 
-    failed = F.col("error").isNotNull() if "error" in df.columns else F.lit(False)
+    failed = F.col(ERROR).isNotNull() if ERROR in df.columns else F.lit(False)
     cols = [F.col(k) for k in keys]
     cols += [
         _partition_label(parts).alias(_PARTITION_COL),
         F.when(~failed, value).alias(_VALUE_COL),
         failed.cast("int").alias("__failed"),
     ]
-    for name in ("run_id", "scored_at", "input_hash"):
+    for name in _DIFF_LINEAGE:
         column = F.col(name) if name in df.columns else F.lit(None).cast("string")
         cols.append(column.alias(f"__{name}"))
     if "label" in df.columns:

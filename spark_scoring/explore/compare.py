@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from spark_scoring.contract import INPUT_HASH, RUN_ID, SCORED_AT
 from spark_scoring.errors import UsageError
 from spark_scoring.explore._common import (
     DEFAULT_MAX_VALUES,
@@ -22,11 +23,17 @@ from spark_scoring.explore._common import (
     _resolve_key,
     _resolve_version,
 )
-from spark_scoring.explore._measure import _PARTITION_COL, _VALUE_COL, _compact, _measure
+from spark_scoring.explore._measure import (
+    _DIFF_LINEAGE,
+    _PARTITION_COL,
+    _VALUE_COL,
+    _compact,
+    _measure,
+)
 from spark_scoring.explore.stats import _ks_pvalue, ks_statistic, psi
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 _PARTITION_COUNTS = (
     "rows_old",
@@ -193,16 +200,15 @@ def _compare(
     def side(df: DataFrame, tag: str) -> DataFrame:
         cols = [F.col(k) for k in keys]
         cols += [F.lit(True).alias(f"__in_{tag}"), F.col(_PARTITION_COL).alias(f"__part_{tag}")]
-        cols += [
-            F.col(f"__{name}").alias(f"__{name}_{tag}")
-            for name in ("run_id", "scored_at", "input_hash")
-        ]
+        cols += [F.col(f"__{name}").alias(f"__{name}_{tag}") for name in _DIFF_LINEAGE]
         return df.select(*cols)
 
+    def both_equal(name: str) -> Column:
+        """The lineage column `name` is the same in both versions (null-safe)."""
+        return F.col(f"__{name}_o").eqNullSafe(F.col(f"__{name}_n"))
+
     joined = side(old_c, "o").join(side(new_c, "n"), on=keys, how="full_outer")
-    same = F.col("__run_id_o").eqNullSafe(F.col("__run_id_n")) & F.col("__scored_at_o").eqNullSafe(
-        F.col("__scored_at_n")
-    )
+    same = both_equal(RUN_ID) & both_equal(SCORED_AT)
     category = (
         F.when(F.col("__in_o").isNull(), F.lit("added"))
         .when(F.col("__in_n").isNull(), F.lit("removed"))
@@ -210,9 +216,7 @@ def _compare(
         .otherwise(F.lit("unchanged"))
     )
     input_changed = (
-        (~F.col("__input_hash_o").eqNullSafe(F.col("__input_hash_n")))
-        & F.col("__in_o").isNotNull()
-        & F.col("__in_n").isNotNull()
+        ~both_equal(INPUT_HASH) & F.col("__in_o").isNotNull() & F.col("__in_n").isNotNull()
     )
     diff = (
         joined.select(

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from spark_scoring.contract import RUN_ID, CommitRecord
 from spark_scoring.errors import UsageError
-from spark_scoring.explore._common import DEFAULT_MAX_VALUES, META_PREFIX, _lakehouse
+from spark_scoring.explore._common import DEFAULT_MAX_VALUES, _lakehouse
 from spark_scoring.explore._measure import _measured_values
 from spark_scoring.explore.stats import ks_statistic, psi
 
@@ -52,7 +53,7 @@ def drift_history(
     for v in versions:
         name, vals = _measured_values(lh, table, v, measure, max_values)
         info = history.get(v)
-        meta = (info.metadata or {}) if info else {}
+        record = CommitRecord.from_metadata(info.metadata) if info else None
         records.append(
             {
                 "version": v,
@@ -62,7 +63,7 @@ def drift_history(
                 "mean": float(vals.mean()) if vals.size else math.nan,
                 "psi": psi(previous[1], vals, bins=bins) if previous else math.nan,
                 "ks": ks_statistic(previous[1], vals) if previous else math.nan,
-                "run_id": meta.get(f"{META_PREFIX}run_id"),
+                RUN_ID: record.run_id if record else None,
             }
         )
         previous = (v, vals)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from spark_scoring.contract import ERROR
 from spark_scoring.errors import UsageError
 from spark_scoring.explore._common import _lakehouse, _resolve_key, _resolve_version
 from spark_scoring.explore._measure import _partition_label
@@ -47,14 +48,16 @@ def failures(
     lh = _lakehouse(spark, engine)
     v = _resolve_version(lh, table, version)
     df = lh.read(table, v)
-    columns = ["error", "count", "share", "partitions", "sample_keys"]
-    if "error" not in df.columns:
-        raise UsageError(f"{table} v{v} has no `error` column; is it a spark-scoring output table?")
+    columns = [ERROR, "count", "share", "partitions", "sample_keys"]
+    if ERROR not in df.columns:
+        raise UsageError(
+            f"{table} v{v} has no `{ERROR}` column; is it a spark-scoring output table?"
+        )
     parts = list(lh.partition_columns(table, v))
     keys, _ = _resolve_key(lh, table, df.columns, parts, key)
-    failed = df.where(F.col("error").isNotNull())
+    failed = df.where(F.col(ERROR).isNotNull())
     counts = (
-        failed.groupBy("error")
+        failed.groupBy(ERROR)
         .agg(
             F.count(F.lit(1)).alias("count"),
             F.countDistinct(_partition_label(parts)).alias("partitions"),
@@ -65,18 +68,16 @@ def failures(
         return pd.DataFrame(columns=columns)
     samples: dict[str, list[Any]] = {}
     if sample:
-        rank = F.row_number().over(Window.partitionBy("error").orderBy(*keys))
+        rank = F.row_number().over(Window.partitionBy(ERROR).orderBy(*keys))
         picked = (
-            failed.select("error", *keys)
-            .withColumn("__rank", rank)
-            .where(F.col("__rank") <= sample)
+            failed.select(ERROR, *keys).withColumn("__rank", rank).where(F.col("__rank") <= sample)
         )
-        for row in picked.orderBy("error", "__rank").collect():
+        for row in picked.orderBy(ERROR, "__rank").collect():
             value = row[keys[0]] if len(keys) == 1 else tuple(row[k] for k in keys)
-            samples.setdefault(row["error"], []).append(value)
+            samples.setdefault(row[ERROR], []).append(value)
     counts["share"] = counts["count"] / counts["count"].sum()
-    counts["sample_keys"] = [samples.get(e, []) for e in counts["error"]]
-    counts = counts.sort_values(["count", "error"], ascending=[False, True]).reset_index(drop=True)
+    counts["sample_keys"] = [samples.get(e, []) for e in counts[ERROR]]
+    counts = counts.sort_values(["count", ERROR], ascending=[False, True]).reset_index(drop=True)
     counts.attrs["table"] = table
     counts.attrs["version"] = v
     return counts[columns]

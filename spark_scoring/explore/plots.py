@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from spark_scoring.contract import RUN_ID
 from spark_scoring.errors import UsageError
 from spark_scoring.explore._common import (
     DEFAULT_MAX_VALUES,
-    _commit_metadata,
+    _commit_records,
     _lakehouse,
     _resolve_version,
 )
@@ -122,7 +123,7 @@ def plot_score_histogram(
         raise UsageError(
             "versions is empty; pass at least one version (or None for the last three)"
         )
-    meta = _commit_metadata(lh, table)
+    records = _commit_records(lh, table)
     series: list[tuple[int, np.ndarray]] = []
     name = measure
     for v in chosen:
@@ -137,7 +138,7 @@ def plot_score_histogram(
 
     fig, ax = _new_figure()
     for i, (v, vals) in enumerate(series):
-        run = meta.get(v, {}).get("run_id")
+        run = records[v].run_id if v in records else None
         label = f"v{v}" + (f" (run {run[:8]})" if run else "") + f", n={vals.size}"
         weights = np.full(vals.size, 1.0 / vals.size) if vals.size else None
         ax.hist(
@@ -301,7 +302,7 @@ def plot_throughput(runs_df: pd.DataFrame) -> Figure:
     else:
         labels = [
             f"v{v}" + (f"\n{str(r)[:8]}" if isinstance(r, str) and r else "")
-            for v, r in zip(df["version"], df.get("run_id", [None] * len(df)), strict=True)
+            for v, r in zip(df["version"], df.get(RUN_ID, [None] * len(df)), strict=True)
         ]
         x = np.arange(len(df))
         bars = ax.bar(x, df["__rate"], color=PALETTE[0], width=0.6)

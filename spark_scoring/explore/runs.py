@@ -13,16 +13,27 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from spark_scoring.contract import (
+    INT_FIELDS,
+    MODEL_URI,
+    MODEL_VERSION,
+    RUN_ID,
+    SOURCE_VERSION,
+    CommitRecord,
+    strip_prefix,
+)
 from spark_scoring.errors import TrackingError
-from spark_scoring.explore._common import META_PREFIX, _lakehouse
+from spark_scoring.explore._common import _lakehouse
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
-#: Commit metadata keys whose values are integers.
-_INT_META = ("source_version", "source_version_start", "rows_scored", "rows_carried", "rows_failed")
+#: The columns of the integer commit-metadata keys (key without its prefix -> CommitRecord field).
+_INT_COLUMNS: dict[str, str] = strip_prefix({CommitRecord.metadata_key(f): f for f in INT_FIELDS})
+#: The MLflow param holding the model version (logged by the pipeline with the run's params).
+_PARAM_MODEL_VERSION = "model_version"
 #: MLflow metrics copied into `list_runs` (the shared metric names).
 _RUN_METRICS = (
     "rows_read",
@@ -39,16 +50,18 @@ _RUN_METRICS = (
     "batches",
 )
 _COUNT_METRICS = ("rows_read", "rows_scored", "rows_carried", "rows_failed", "batches")
+#: Leading columns, in this order; the rest follow sorted. Commit-metadata columns are named
+#: by their key without the prefix (see `CommitRecord`); status, times and metrics are MLflow's.
 _RUNS_COLUMN_ORDER = (
     "version",
     "timestamp",
     "operation",
-    "run_id",
+    RUN_ID,
     "job",
     "mode",
     "status",
-    "model_uri",
-    "model_version",
+    MODEL_URI,
+    MODEL_VERSION,
     "rows_read",
     "rows_scored",
     "rows_carried",
@@ -57,7 +70,7 @@ _RUNS_COLUMN_ORDER = (
     "rows_per_second",
     "source_table",
     "source_version_start",
-    "source_version",
+    SOURCE_VERSION,
     "partitions",
     "start_time",
     "end_time",
@@ -100,24 +113,26 @@ def list_runs(
             "timestamp": info.timestamp,
             "operation": info.operation,
         }
-        for key, value in (info.metadata or {}).items():
-            if str(key).startswith(META_PREFIX):
-                row[key[len(META_PREFIX) :]] = None if value == "" else value
+        # Every spark_scoring.* key the commit carries ("" reads as missing)...
+        row.update({k: None if v == "" else v for k, v in strip_prefix(info.metadata).items()})
+        # ...with the integers as the contract reads them (None: not a spark-scoring commit).
+        record = CommitRecord.from_metadata(info.metadata) or CommitRecord()
+        row.update({c: getattr(record, f) for c, f in _INT_COLUMNS.items() if c in row})
         rows.append(row)
     commits = pd.DataFrame(rows)
-    if "run_id" not in commits.columns:
-        commits["run_id"] = None
+    if RUN_ID not in commits.columns:
+        commits[RUN_ID] = None
     if not commits.empty:
         commits["timestamp"] = pd.to_datetime(commits["timestamp"], utc=True)
-    for name in _INT_META:
+    for name in _INT_COLUMNS:
         if name in commits.columns:
-            commits[name] = pd.to_numeric(commits[name], errors="coerce").astype("Int64")
+            commits[name] = commits[name].astype("Int64")
 
-    mlflow_rows = _mlflow_runs([r for r in commits["run_id"].dropna().unique()], tracking_uri)
+    mlflow_rows = _mlflow_runs([r for r in commits[RUN_ID].dropna().unique()], tracking_uri)
     runs = pd.DataFrame(
         mlflow_rows,
         columns=[
-            "run_id",
+            RUN_ID,
             "status",
             "start_time",
             "end_time",
@@ -125,7 +140,7 @@ def list_runs(
             *[f"metric.{m}" for m in _RUN_METRICS],
         ],
     )
-    out = commits.merge(runs, on="run_id", how="left")
+    out = commits.merge(runs, on=RUN_ID, how="left")
     out["mlflow_run_found"] = out["status"].notna()
     # The commit is the authority on what the table holds; MLflow fills what it lacks.
     for name in _RUN_METRICS:
@@ -136,9 +151,9 @@ def list_runs(
             metric.round().astype("Int64") if name in _COUNT_METRICS else metric.astype(float)
         )
     ml_version = out.pop("mlflow_model_version")
-    if "model_version" in out.columns:
-        ml_version = out["model_version"].fillna(ml_version)
-    out["model_version"] = ml_version
+    if MODEL_VERSION in out.columns:
+        ml_version = out[MODEL_VERSION].fillna(ml_version)
+    out[MODEL_VERSION] = ml_version
     first = [c for c in _RUNS_COLUMN_ORDER if c in out.columns]
     out = out[first + sorted(c for c in out.columns if c not in first)]
     out = out.sort_values("version").reset_index(drop=True)
@@ -170,7 +185,7 @@ def _mlflow_runs(run_ids: Sequence[str], tracking_uri: str | None) -> list[dict[
         metrics = run.data.metrics
         out.append(
             {
-                "run_id": run_id,
+                RUN_ID: run_id,
                 "status": run.info.status,
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True)
                 if run.info.start_time
@@ -178,7 +193,7 @@ def _mlflow_runs(run_ids: Sequence[str], tracking_uri: str | None) -> list[dict[
                 "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True)
                 if run.info.end_time
                 else pd.NaT,
-                "mlflow_model_version": run.data.params.get("model_version"),
+                "mlflow_model_version": run.data.params.get(_PARAM_MODEL_VERSION),
                 **{f"metric.{m}": metrics.get(m, math.nan) for m in _RUN_METRICS},
             }
         )
