@@ -32,7 +32,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from spark_scoring.errors import ConcurrentRunError, UnsupportedTableFeatureError
+from spark_scoring.errors import ConcurrentRunError, LakehouseError, UnsupportedTableFeatureError
 from spark_scoring.lakehouse import Lakehouse, delta_jars_available, open_lakehouse
 
 UTC = dt.timezone.utc
@@ -285,6 +285,40 @@ def test_commit_metadata_is_in_history_newest_first(lake, spark, table):
     assert history[0].timestamp is not None and history[0].timestamp.tzinfo is not None
     assert "spark_scoring.run_id" not in history[1].metadata
     assert [c.version for c in lake.history(table, limit=1)] == [result.version]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "upsert"}, r"write mode 'upsert' is not supported; use one of \['append', 'overwrite'"),
+        ({"mode": "append", "app_id": "job"}, r"give app_id and txn_version together"),
+        ({"mode": "append", "metadata": {"operation": "x"}}, r"keys \['operation'\] are reserved by Delta"),
+        ({"mode": "append", "metadata": {"spark_scoring.n": 7}}, r"keys \['spark_scoring.n'\] .*non-string values"),
+        ({"mode": "append", "metadata": {7: "x"}}, r"keys \[7\] are reserved by Delta or have non-string"),
+        ({"mode": "replace_partitions"}, r"'replace_partitions' needs the partitions to replace; none"),
+        ({"mode": "replace_partitions", "partitions": [{"id": "1"}]}, r"names \['id'\], which are not partition"),
+        ({"mode": "replace_partitions", "partitions": [{"day": 1}]}, r"must be given in Delta string form"),
+    ],
+)
+def test_bad_write_arguments_are_refused_before_anything_is_written(lake, spark, table, kwargs, message):
+    """Lakehouse.write checks these once, for every backend, before the engine runs."""
+    version, _ = _seed(lake, spark, table)
+    with pytest.raises(LakehouseError, match=message):
+        lake.write(_df(spark, _rows({"2024-05-01": range(50, 51)})), table, expected_version=version, **kwargs)
+    assert lake.latest_version(table) == version
+
+
+def test_replace_partitions_needs_a_partitioned_table_and_its_columns(lake, spark, table):
+    flat = lake.write(_df(spark, _rows({"a": range(2)})), table, mode="append").version
+    with pytest.raises(LakehouseError, match=r"needs a partitioned table; .* has no partition columns"):
+        lake.write(_df(spark, _rows({"a": range(2, 3)})), table, mode="replace_partitions",
+                   partitions=[{"day": "a"}], expected_version=flat)
+    other = table + "-by-day"
+    version, _ = _seed(lake, spark, other)
+    with pytest.raises(LakehouseError, match=r"partition columns \['day'\] are not columns of the rows"):
+        lake.write(_df(spark, _rows({"x": range(50, 51)})).drop("day"), other, mode="replace_partitions",
+                   partitions=[{"day": "2024-05-01"}], expected_version=version)
+    assert lake.latest_version(table) == flat and lake.latest_version(other) == version
 
 
 def test_stale_expected_version_raises_and_publishes_nothing(lake, spark, table):

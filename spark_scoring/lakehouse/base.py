@@ -23,12 +23,20 @@ from typing import Any, Literal
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from spark_scoring.errors import ConcurrentRunError
+from spark_scoring.errors import ConcurrentRunError, LakehouseError
+from spark_scoring.lakehouse import _partitions as parts
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
-#: Commit-metadata key holding the unique id of one write (to find its commit afterwards).
-WRITE_ID_KEY = "spark_scoring.write_id"
+#: Keys Delta writers (delta-rs, Delta-Spark) put in `commitInfo` themselves: never custom
+#: commit metadata, so a write refuses them and history() leaves them out of `metadata`.
+RESERVED_COMMIT_KEYS = frozenset(
+    {
+        "timestamp", "operation", "operationParameters", "engineInfo", "clientVersion", "version",
+        "operationMetrics", "readVersion", "isolationLevel", "isBlindAppend", "userMetadata",
+        "userId", "userName", "job", "notebook", "clusterId", "txnId", "inCommitTimestamp",
+    }
+)
 
 PartitionValues = Mapping[str, "str | None"]
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
@@ -77,10 +85,45 @@ class WriteResult:
     rows_written: int | None = None
 
 
+@dataclass(frozen=True)
+class WriteRequest:
+    """One write, validated by `Lakehouse.write` and handed to a backend's `_write`.
+
+    Attributes:
+        df, table, mode, partition_by, expected_version, app_id, txn_version: as given to
+            `Lakehouse.write`.
+        partitions: the partitions "replace_partitions" replaces (checked: they name only
+            partition columns, with valid values of the columns' types).
+        metadata: the custom commit metadata (checked: string keys that Delta does not
+            reserve, string values).
+        partition_columns: the partition columns of the table after the write: the
+            existing table's, or `partition_by` when the write creates or overwrites it.
+    """
+
+    df: DataFrame
+    table: str
+    mode: WriteMode
+    partition_by: tuple[str, ...]
+    partitions: tuple[dict[str, str | None], ...]
+    expected_version: int | None
+    app_id: str | None
+    txn_version: int | None
+    metadata: dict[str, str]
+    partition_columns: tuple[str, ...]
+
+    @property
+    def table_exists(self) -> bool:
+        """True when the table existed (at `expected_version`) when the write was checked."""
+        # Lakehouse.write checked that the table is at expected_version, or absent when None.
+        return self.expected_version is not None
+
+
 class Lakehouse(ABC):
     """Read and write Delta tables through one backend.
 
     Table references are paths (any backend) or catalog names (JVM backend only).
+    `write` is a template method: it checks a write the same way for every backend and
+    leaves only the engine's part to the backend's `_write`.
     """
 
     #: "delta-rs" or "delta-spark"
@@ -135,7 +178,6 @@ class Lakehouse(ABC):
     def history(self, table: str, limit: int | None = None) -> list[CommitInfo]:
         """Commits, newest first, with their custom commit metadata."""
 
-    @abstractmethod
     def write(
         self,
         df: DataFrame,
@@ -166,6 +208,42 @@ class Lakehouse(ABC):
         Raises:
             ConcurrentRunError: another writer committed since `expected_version`.
             LakehouseError: the write failed; nothing was published.
+        """
+        # Template method: everything that does not depend on the engine is checked here,
+        # once, in this order; the backend's `_write` only writes and commits.
+        checked_metadata = _check_write_arguments(mode, app_id, txn_version, metadata)
+        latest = self.latest_version(table) if self.exists(table) else None
+        if self._write_preconditions(
+            table, latest=latest, expected_version=expected_version, app_id=app_id, txn_version=txn_version,
+        ):
+            return WriteResult(version=None)
+        request = WriteRequest(
+            df=df,
+            table=table,
+            mode=mode,
+            partition_by=tuple(partition_by),
+            partitions=tuple(dict(p) for p in partitions),
+            expected_version=expected_version,
+            app_id=app_id,
+            txn_version=txn_version,
+            metadata=checked_metadata,
+            partition_columns=(
+                tuple(self.partition_columns(table))
+                if latest is not None and mode != "overwrite"
+                else tuple(partition_by)
+            ),
+        )
+        if mode == "replace_partitions":
+            _check_replaced_partitions(request)
+        return self._write(request)
+
+    @abstractmethod
+    def _write(self, request: WriteRequest) -> WriteResult:
+        """Write and commit a checked request in ONE atomic Delta commit (engine code only).
+
+        `write` has checked the arguments, that the table is at `request.expected_version`
+        (absent when None) and that the SetTransaction is not recorded yet. The commit must
+        still fail with ConcurrentRunError when another writer commits meanwhile.
         """
 
     def _write_preconditions(
@@ -214,3 +292,43 @@ class Lakehouse(ABC):
                          table, app_id, recorded, txn_version)
                 return True
         return False
+
+
+def _check_write_arguments(
+    mode: str, app_id: str | None, txn_version: int | None, metadata: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Check the arguments of a write that need no table; return the commit metadata as a dict."""
+    if mode not in WRITE_MODES:
+        raise LakehouseError(f"write mode {mode!r} is not supported; use one of {list(WRITE_MODES)}")
+    if (app_id is None) != (txn_version is None):
+        raise LakehouseError("give app_id and txn_version together (or neither)")
+    checked = dict(metadata or {})
+    bad = [
+        k for k, v in checked.items()
+        if not isinstance(k, str) or k in RESERVED_COMMIT_KEYS or not isinstance(v, str)
+    ]
+    if bad:
+        raise LakehouseError(
+            f"commit metadata keys {bad} are reserved by Delta or have non-string values; use "
+            "your own keys (e.g. 'spark_scoring.run_id') with string values"
+        )
+    return checked
+
+
+def _check_replaced_partitions(request: WriteRequest) -> None:
+    """What "replace_partitions" needs: a partitioned table and valid partitions to replace."""
+    if not request.partition_columns:
+        raise LakehouseError(
+            f"mode 'replace_partitions' needs a partitioned table; {request.table!r} has no partition "
+            "columns: use mode 'overwrite'"
+        )
+    if not request.partitions:
+        raise LakehouseError("mode 'replace_partitions' needs the partitions to replace; none were given")
+    columns = request.df.columns
+    missing = [c for c in request.partition_columns if c not in columns]
+    if missing:
+        raise LakehouseError(f"partition columns {missing} are not columns of the rows to write {columns}")
+    types = {f.name: f.dataType for f in request.df.schema.fields}
+    for spec in request.partitions:
+        for column, value in parts.check_partition_spec(spec, request.partition_columns).items():
+            parts.from_partition_string(value, types[column], column)

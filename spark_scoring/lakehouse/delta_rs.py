@@ -25,26 +25,18 @@ from spark_scoring.errors import LakehouseError, TableNotFoundError
 from spark_scoring.lakehouse import _delta_rs as ds
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
-    WRITE_MODES,
+    RESERVED_COMMIT_KEYS,
     CommitInfo,
     FileEntry,
     Lakehouse,
     PartitionValues,
-    WriteMode,
+    WriteRequest,
     WriteResult,
     is_catalog_name,
 )
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
-# Keys delta-rs / Delta-Spark put in commitInfo themselves: not custom metadata.
-_STANDARD_COMMIT_KEYS = frozenset(
-    {
-        "timestamp", "operation", "operationParameters", "engineInfo", "clientVersion", "version",
-        "operationMetrics", "readVersion", "isolationLevel", "isBlindAppend", "userMetadata",
-        "userId", "userName", "job", "notebook", "clusterId", "txnId", "inCommitTimestamp",
-    }
-)
 _registered: weakref.WeakSet[SparkSession] = weakref.WeakSet()
 
 
@@ -68,7 +60,7 @@ def register_data_source(spark: SparkSession) -> None:
 
 def commit_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:
     """Custom metadata of one commitInfo entry: extra keys plus the JSON in `userMetadata`."""
-    metadata = {k: v for k, v in entry.items() if k not in _STANDARD_COMMIT_KEYS}
+    metadata = {k: v for k, v in entry.items() if k not in RESERVED_COMMIT_KEYS}
     user = entry.get("userMetadata")
     if isinstance(user, str) and user:
         try:
@@ -241,69 +233,21 @@ class DeltaRsLakehouse(Lakehouse):
 
     # ------------------------------------------------------------------ write
 
-    def write(
-        self,
-        df: DataFrame,
-        table: str,
-        *,
-        mode: WriteMode,
-        partition_by: Sequence[str] = (),
-        partitions: Sequence[PartitionValues] = (),
-        expected_version: int | None = None,
-        app_id: str | None = None,
-        txn_version: int | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> WriteResult:
+    def _write(self, request: WriteRequest) -> WriteResult:
+        df, table, mode = request.df, request.table, request.mode
         path = self._path(table)
-        if mode not in WRITE_MODES:
-            raise LakehouseError(f"write mode {mode!r} is not supported; use one of {list(WRITE_MODES)}")
-        if (app_id is None) != (txn_version is None):
-            raise LakehouseError("give app_id and txn_version together (or neither)")
-        metadata = dict(metadata or {})
-        bad = [k for k in metadata if k in _STANDARD_COMMIT_KEYS or not isinstance(metadata[k], str)]
-        if bad:
-            raise LakehouseError(
-                f"commit metadata keys {bad} are reserved by Delta or have non-string values; use "
-                "your own keys (e.g. 'spark_scoring.run_id') with string values"
-            )
-
-        exists = ds.table_exists(path)
-        delta_table = ds.open_table(path, table=table) if exists else None
-        if self._write_preconditions(
-            table, latest=delta_table.version() if delta_table is not None else None,
-            expected_version=expected_version, app_id=app_id, txn_version=txn_version,
-        ):
-            return WriteResult(version=None)
-        if delta_table is not None:
+        if request.table_exists:
+            # The version the caller planned against (write() checked it is the latest).
+            delta_table = ds.open_table(path, request.expected_version, table=table)
             ds.check_supported(delta_table, table)
-            table_parts = ds.partition_columns(delta_table)
             if mode != "overwrite":
                 _check_same_schema(df.schema, ds.spark_schema(delta_table), table)
-                if partition_by and list(partition_by) != table_parts:
+                if request.partition_by and request.partition_by != request.partition_columns:
                     raise LakehouseError(
-                        f"partition_by {list(partition_by)} differs from the partitioning of "
-                        f"{table!r} ({table_parts}); only mode 'overwrite' can change it"
+                        f"partition_by {list(request.partition_by)} differs from the partitioning of "
+                        f"{table!r} ({list(request.partition_columns)}); only mode 'overwrite' can change it"
                     )
-                write_parts = table_parts
-            else:
-                write_parts = list(partition_by)
-        else:
-            write_parts = list(partition_by)
-        if mode == "replace_partitions":
-            if not write_parts:
-                raise LakehouseError(
-                    f"mode 'replace_partitions' needs a partitioned table; {table!r} has no partition "
-                    "columns: use mode 'overwrite'"
-                )
-            if not partitions:
-                raise LakehouseError(
-                    "mode 'replace_partitions' needs the partitions to replace; none were given"
-                )
-            types = {f.name: f.dataType for f in df.schema.fields}
-            for spec in partitions:
-                checked = parts.check_partition_spec(spec, write_parts)
-                for column, value in checked.items():
-                    parts.from_partition_string(value, types[column], column)
+        write_parts = list(request.partition_columns)
         missing = [c for c in write_parts if c not in df.columns]
         if missing:
             raise LakehouseError(f"partition columns {missing} are not columns of the rows to write {df.columns}")
@@ -314,22 +258,22 @@ class DeltaRsLakehouse(Lakehouse):
             "table_name": table,
             "mode": mode,
             "partition_by": json.dumps(write_parts),
-            "partitions": json.dumps([dict(p) for p in partitions]),
-            "metadata": json.dumps(metadata),
+            "partitions": json.dumps(list(request.partitions)),
+            "metadata": json.dumps(request.metadata),
             "write_id": write_id,
         }
-        if expected_version is not None:
-            options["expected_version"] = str(int(expected_version))
-        if app_id is not None:
-            options["app_id"] = app_id
-            options["txn_version"] = str(int(txn_version))  # type: ignore[arg-type]
+        if request.expected_version is not None:
+            options["expected_version"] = str(int(request.expected_version))
+        if request.app_id is not None:
+            options["app_id"] = request.app_id
+            options["txn_version"] = str(int(request.txn_version))  # type: ignore[arg-type]
         try:
             activate(df.sparkSession)
             df.write.format(ds.DATA_SOURCE_NAME).options(**options).mode("append").save()
         except Exception as exc:
             ds.raise_tagged(exc)
             raise LakehouseError(f"writing to {table!r} failed; nothing was published: {exc}") from exc
-        return self._find_write(path, table, write_id, expected_version)
+        return self._find_write(path, table, write_id, request.expected_version)
 
     def _find_write(self, path: str, table: str, write_id: str, expected_version: int | None) -> WriteResult:
         """The commit carrying `write_id` (commit() may have run in another Python process)."""

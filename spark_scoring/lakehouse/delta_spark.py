@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -25,22 +25,20 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from spark_scoring.contract import WRITE_ID_KEY
 from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError, first_line
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
-    WRITE_ID_KEY,
-    WRITE_MODES,
     CommitInfo,
     FileEntry,
     Lakehouse,
     PartitionValues,
-    WriteMode,
+    WriteRequest,
     WriteResult,
     is_catalog_name,
 )
 
 log = logging.getLogger("spark_scoring.lakehouse")
-
 
 
 class DeltaSparkLakehouse(Lakehouse):
@@ -231,36 +229,15 @@ class DeltaSparkLakehouse(Lakehouse):
 
     # ------------------------------------------------------------------ write
 
-    def write(
-        self,
-        df: DataFrame,
-        table: str,
-        *,
-        mode: WriteMode,
-        partition_by: Sequence[str] = (),
-        partitions: Sequence[PartitionValues] = (),
-        expected_version: int | None = None,
-        app_id: str | None = None,
-        txn_version: int | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> WriteResult:
-        if mode not in WRITE_MODES:
-            raise LakehouseError(f"write mode {mode!r} is not supported; use one of {list(WRITE_MODES)}")
-        if (app_id is None) != (txn_version is None):
-            raise LakehouseError("give app_id and txn_version together (or neither)")
-        exists = self.exists(table)
-        if self._write_preconditions(
-            table, latest=self.latest_version(table) if exists else None,
-            expected_version=expected_version, app_id=app_id, txn_version=txn_version,
-        ):
-            return WriteResult(version=None)
-        table_parts = self.partition_columns(table) if exists else list(partition_by)
+    def _write(self, request: WriteRequest) -> WriteResult:
+        df, table, mode = request.df, request.table, request.mode
+        exists, partition_by = request.table_exists, request.partition_by
 
         write_id = uuid.uuid4().hex
-        user_metadata = json.dumps({**dict(metadata or {}), WRITE_ID_KEY: write_id}, sort_keys=True)
+        user_metadata = json.dumps({**request.metadata, WRITE_ID_KEY: write_id}, sort_keys=True)
         writer = df.write.format("delta").option("userMetadata", user_metadata)
-        if app_id is not None:
-            writer = writer.option("txnAppId", app_id).option("txnVersion", str(int(txn_version)))  # type: ignore[arg-type]
+        if request.app_id is not None:
+            writer = writer.option("txnAppId", request.app_id).option("txnVersion", str(int(request.txn_version)))  # type: ignore[arg-type]
         if mode == "append":
             writer = writer.mode("append")
             if not exists and partition_by:
@@ -269,18 +246,11 @@ class DeltaSparkLakehouse(Lakehouse):
             writer = writer.mode("overwrite").option("overwriteSchema", "true")
             if partition_by:
                 writer = writer.partitionBy(*partition_by)
-        else:
-            if not table_parts:
-                raise LakehouseError(
-                    f"mode 'replace_partitions' needs a partitioned table; {table!r} has no partition "
-                    "columns: use mode 'overwrite'"
-                )
-            if not partitions:
-                raise LakehouseError("mode 'replace_partitions' needs the partitions to replace; none were given")
-            predicate = parts.partition_predicate(partitions, df.schema, table_parts)
+        else:  # replace_partitions: write() checked the partitions against the table's columns
+            predicate = parts.partition_predicate(request.partitions, df.schema, request.partition_columns)
             writer = writer.mode("overwrite").option("replaceWhere", predicate)
             if not exists:
-                writer = writer.partitionBy(*table_parts)
+                writer = writer.partitionBy(*request.partition_columns)
         try:
             if self._is_name(table):
                 writer.saveAsTable(table)

@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 from pyspark.sql.types import StructType
 
 from spark_scoring import errors
+from spark_scoring.contract import WRITE_ID_KEY
 from spark_scoring.errors import (
     LakehouseError,
     ScoringError,
@@ -24,7 +25,6 @@ from spark_scoring.errors import (
     UnsupportedTableFeatureError,
 )
 from spark_scoring.lakehouse import _partitions as parts
-from spark_scoring.lakehouse.base import WRITE_ID_KEY
 
 _TAG_RE = re.compile(r"\[spark_scoring:(\w+)\] ([^\n]*)")
 _UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")

@@ -41,6 +41,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_scoring.contract import WRITE_ID_KEY
 from spark_scoring.errors import ConcurrentRunError, LakehouseError, ScoringError
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse._delta_rs.log import (
@@ -55,7 +56,6 @@ from spark_scoring.lakehouse._delta_rs.log import (
     spark_schema,
     table_exists,
 )
-from spark_scoring.lakehouse.base import WRITE_ID_KEY
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
