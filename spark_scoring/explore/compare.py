@@ -245,22 +245,7 @@ def _compare(
     by_partition = by_partition.fillna({c: 0 for c in _PARTITION_COUNTS})
     for col in _PARTITION_COUNTS:
         by_partition[col] = by_partition[col].astype(int)
-    by_partition = by_partition[
-        [
-            "rows_old",
-            "rows_new",
-            "added",
-            "removed",
-            "rescored",
-            "unchanged",
-            "failed_old",
-            "failed_new",
-            "mean_old",
-            "mean_new",
-            "psi",
-            "ks",
-        ]
-    ]
+    by_partition = by_partition[[*_PARTITION_COUNTS, "mean_old", "mean_new", "psi", "ks"]]
     by_partition = (
         by_partition.sort_index()
         .reset_index()

@@ -81,6 +81,11 @@ def _styled(ax: Any, grid: str = "both") -> None:
         )
 
 
+def _note(ax: Any, text: str) -> None:
+    """A centred message in place of a plot that has nothing to draw."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
 def _table_label(table: str) -> str:
     """A short table name for titles: the last path component of a path, catalog names as is."""
     if "/" in table or "\\" in table:
@@ -141,23 +146,11 @@ def plot_score_histogram(
         run = records[v].run_id if v in records else None
         label = f"v{v}" + (f" (run {run[:8]})" if run else "") + f", n={vals.size}"
         weights = np.full(vals.size, 1.0 / vals.size) if vals.size else None
-        ax.hist(
-            vals,
-            bins=edges,
-            weights=weights,
-            histtype="stepfilled",
-            alpha=0.25,
-            color=PALETTE[i % len(PALETTE)],
-        )
-        ax.hist(
-            vals,
-            bins=edges,
-            weights=weights,
-            histtype="step",
-            linewidth=1.6,
-            color=PALETTE[i % len(PALETTE)],
-            label=label,
-        )
+        shared = {"bins": edges, "weights": weights, "color": PALETTE[i % len(PALETTE)]}
+        # A light fill shows the area; the outline on top keeps overlaps readable and carries
+        # the legend entry.
+        ax.hist(vals, histtype="stepfilled", alpha=0.25, **shared)
+        ax.hist(vals, histtype="step", linewidth=1.6, label=label, **shared)
     measure_label = _MEASURE_LABELS.get(name, name)
     ax.set_xlabel(measure_label)
     ax.set_ylabel("share of scored rows")
@@ -206,14 +199,7 @@ def plot_drift(
     data = hist.dropna(subset=["psi"])
     fig, ax = _new_figure()
     if data.empty:
-        ax.text(
-            0.5,
-            0.5,
-            "only one version: nothing to compare yet",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
+        _note(ax, "only one version: nothing to compare yet")
     else:
         ax.plot(
             data["version"],
@@ -223,20 +209,14 @@ def plot_drift(
             linewidth=1.8,
             label="PSI vs previous version",
         )
-        ax.axhline(
-            PSI_MODERATE,
-            color=PALETTE[1],
-            linestyle="--",
-            linewidth=1,
-            label=f"moderate shift ({PSI_MODERATE})",
-        )
-        ax.axhline(
-            PSI_MAJOR,
-            color=PALETTE[3],
-            linestyle="--",
-            linewidth=1,
-            label=f"major shift ({PSI_MAJOR})",
-        )
+        for level, color, shift in ((PSI_MODERATE, 1, "moderate"), (PSI_MAJOR, 3, "major")):
+            ax.axhline(
+                level,
+                color=PALETTE[color],
+                linestyle="--",
+                linewidth=1,
+                label=f"{shift} shift ({level})",
+            )
         ax.set_xticks(list(data["version"]))
         ax.set_xticklabels(
             [_version_tick(v, t) for v, t in zip(data["version"], data["timestamp"], strict=True)],
@@ -291,14 +271,7 @@ def plot_throughput(runs_df: pd.DataFrame) -> Figure:
 
     fig, ax = _new_figure()
     if df.empty:
-        ax.text(
-            0.5,
-            0.5,
-            "no run with a recorded throughput",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
+        _note(ax, "no run with a recorded throughput")
     else:
         labels = [
             f"v{v}" + (f"\n{str(r)[:8]}" if isinstance(r, str) and r else "")
