@@ -2,7 +2,11 @@
 
 Shared by registration and resolution (`spark_scoring.models.register` / `.resolve`) and
 by run tracking (`spark_scoring.tracking`). Calls go through an explicit `MlflowClient`
-made for the URIs a job names (`make_client`).
+made for the URIs a job names (`make_client`), never through MLflow's process-wide
+tracking/registry URIs or the fluent API's active run: nothing here calls
+`mlflow.set_tracking_uri`, so two jobs in one process (or a notebook next to a job) never
+see each other's stores. The one place where MLflow itself reads the process-wide URI is
+`store_resolves_logged_models` (see there).
 
 Named `mlflow_env`, not `mlflow`, so that `import mlflow` inside the package still means
 the MLflow package.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 # How long a tracking server may take to answer before we call it unreachable.
 _PROBE_TIMEOUT_S = 5.0
+# Serialises our own scoped overrides in `store_resolves_logged_models`.
+_PROCESS_URI_LOCK = threading.Lock()
 
 
 def default_tracking_uri() -> str:
@@ -173,3 +180,36 @@ def get_or_create_experiment(client: MlflowClient, tracking_uri: str, name: str)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+@contextlib.contextmanager
+def store_resolves_logged_models(tracking_uri: str, registry_uri: str) -> Iterator[None]:
+    """Let an in-process registry store find our LoggedModels during the block.
+
+    Registering a `models:/<model_id>` source (what links a version to its MLflow 3
+    LoggedModel) makes MLflow's SQL registry store (sqlite, postgres, ...) look the
+    LoggedModel up with a bare `MlflowClient()`, i.e. through the process-wide tracking URI
+    (MLflow 3.17 `SqlAlchemyStore.create_model_version`; a TODO there says so). For that
+    call only, and only for stores that run in this process, MLflow's module-level tracking
+    URI points at `tracking_uri` and is put back exactly in `finally`. The environment
+    (`MLFLOW_TRACKING_URI`), the registry URI and MLflow's tracing state are not touched.
+    An HTTP or Databricks registry resolves the source on the server: nothing is changed.
+    """
+    scheme = urllib.parse.urlparse(registry_uri).scheme
+    if scheme in ("http", "https") or scheme.startswith("databricks"):
+        yield
+        return
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if not hasattr(tracking_utils, "_tracking_uri"):  # pragma: no cover - MLflow moved it
+        raise TrackingError(
+            "this MLflow version keeps its tracking URI elsewhere; spark-scoring cannot register "
+            f"to {registry_uri} with it (tested with MLflow 3.17)"
+        )
+    with _PROCESS_URI_LOCK:
+        saved = tracking_utils._tracking_uri
+        tracking_utils._tracking_uri = tracking_uri
+        try:
+            yield
+        finally:
+            tracking_utils._tracking_uri = saved

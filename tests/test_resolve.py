@@ -424,6 +424,26 @@ def test_transformers_classifier_roundtrip(store, client, tiny_classifier_dir, c
         resolve_model("models:/tiny-clf/1", task="embedding", tracking_uri=store["uri"], cache_dir=cache)
 
 
+def test_register_and_resolve_neither_read_nor_change_mlflow_process_state(
+    store, client, tiny_classifier_dir, cache, monkeypatch, no_default_mlflow_store
+):
+    """A notebook may point MLflow's process-wide URIs elsewhere: registering ignores them."""
+    mlflow_state = no_default_mlflow_store
+    elsewhere = "elsewhere-sentinel://not-our-store"  # no store answers: reading it fails at once
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere)
+    before = mlflow_state()
+    uri = register_model(tiny_classifier_dir, "tiny-clf-isolated", task="text-classification", tracking_uri=store["uri"])
+    assert mlflow_state() == before  # URIs (module state) and MLFLOW_* variables alike
+    mv = client.get_model_version("tiny-clf-isolated", uri.rsplit("/", 1)[1])
+    assert mv.source.startswith("models:/m-")  # linked to its LoggedModel
+    logged = client.get_logged_model(mv.source[len("models:/"):])
+    assert (str(logged.status), logged.source_run_id) == ("READY", mv.run_id)
+    r = resolve_model(uri, task="text-classification", tracking_uri=store["uri"], cache_dir=cache)
+    assert mlflow_state() == before
+    assert (Path(r.local_dir) / "config.json").is_file()
+
+
 def test_transformers_task_checked_against_config(store, tiny_classifier_dir, tmp_path):
     with pytest.raises(ModelError, match=r"task 'text-generation' needs a causal language model .*\['BertForSequenceClassification'\]"):
         register_model(tiny_classifier_dir, "tiny-gen", task="text-generation", tracking_uri=store["uri"])

@@ -13,7 +13,7 @@ import yaml
 
 from spark_scoring.config import JobConfig, MlflowConfig, ModelConfig, OutputConfig, SourceConfig
 from spark_scoring.errors import TrackingError
-from spark_scoring.mlflow_env import default_tracking_uri
+from spark_scoring.mlflow_env import default_tracking_uri, store_resolves_logged_models
 from spark_scoring.tracking import RunTracker, render_distribution_png, render_report_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -190,6 +190,39 @@ def test_unreachable_server_fails_fast_on_start():
     with pytest.raises(TrackingError, match=unreachable), RunTracker(_cfg(uri)):
         pass
     assert time.perf_counter() - t0 < 10
+
+
+#: Where a notebook might have pointed MLflow; no store answers to this scheme, so anything
+#: that reads the process-wide URI instead of ours fails at once.
+ELSEWHERE = "elsewhere-sentinel://not-our-store"
+
+
+def test_a_run_neither_reads_nor_changes_mlflow_process_state(store_uri, monkeypatch, no_default_mlflow_store):
+    mlflow_state = no_default_mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ELSEWHERE)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", ELSEWHERE)
+    before = mlflow_state()
+    with RunTracker(_cfg(store_uri, name="isolated")) as tracker:
+        tracker.log_metrics({"rows_read": 5})
+        tracker.log_report(REPORT)
+        assert mlflow_state() == before
+    assert mlflow_state() == before  # URIs (module state) and MLFLOW_* variables alike
+    run = _client(store_uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"rows_read": 5.0}
+
+
+def test_store_resolves_logged_models_is_scoped(no_default_mlflow_store):
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    mlflow_state = no_default_mlflow_store
+    before = mlflow_state()
+    with pytest.raises(ZeroDivisionError), store_resolves_logged_models("sqlite:////ours.db", "sqlite:////ours.db"):
+        assert tracking_utils._tracking_uri == "sqlite:////ours.db"  # only inside the block
+        assert mlflow_state()[1:] == before[1:]  # registry URI and environment untouched
+        1 / 0  # noqa: B018
+    assert mlflow_state() == before
+    with store_resolves_logged_models("sqlite:////ours.db", "http://registry.example:5000"):
+        assert mlflow_state() == before  # a server resolves models:/ sources itself
 
 
 def test_default_tracking_uri(tmp_path, monkeypatch):

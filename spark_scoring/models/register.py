@@ -4,8 +4,11 @@
 transformers, or an MLflow model directory) with the fitting MLflow flavour, registers a
 new version, tags it with the task it serves (`spark_scoring.task`), and moves an alias
 onto it. `spark_scoring.models.resolve.resolve_model` reads it back at the start of a run.
-Nothing here prints: MLflow's own progress bars and registration messages are switched
-off while we call it.
+
+A flavour is saved with `mlflow.<flavour>.save_model` and uploaded as an MLflow 3
+LoggedModel through an explicit client: what `log_model` does, without MLflow's
+process-wide URIs or active run. Nothing here prints: MLflow's own progress bars and
+registration messages are switched off while we call it.
 
 Example:
     >>> uri = register_model(minilm_dir, "minilm", task="embedding", alias="champion",
@@ -17,10 +20,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spark_scoring.errors import ModelError, TrackingError
 from spark_scoring.mlflow_env import (
@@ -29,6 +34,7 @@ from spark_scoring.mlflow_env import (
     get_or_create_experiment,
     make_client,
     quiet_mlflow,
+    store_resolves_logged_models,
 )
 from spark_scoring.models.flavors import (
     TASK_TAG,
@@ -41,37 +47,10 @@ from spark_scoring.models.flavors import (
 )
 from spark_scoring.models.tasks import TASK_NAMES, task_spec
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from mlflow import MlflowClient
+
 DEFAULT_REGISTER_EXPERIMENT = "spark-scoring-models"
-
-
-@contextlib.contextmanager
-def _global_uris(tracking_uri: str, registry_uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide URIs at ours for the block, then restore them exactly.
-
-    The flavours' `log_model` functions (and a few MLflow internals) only use the global
-    URIs. `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
-    so the previous module globals and environment are saved and put back as they were.
-    """
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    old_tracking = tracking_utils._tracking_uri
-    old_registry = registry_utils._registry_uri
-    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    old_env = {k: os.environ.get(k) for k in env_keys}
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(old_tracking)
-        registry_utils._registry_uri = old_registry
-        for key, value in old_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _check_task_matches(path: Path, kind: DirectoryKind, task: str) -> None:
@@ -115,22 +94,23 @@ def _model_card(path: Path) -> Any:
         return None
 
 
-def _log_sentence_transformers(path: Path) -> Any:
+def _save_sentence_transformers(path: Path, dst: Path, mlflow_model: Any) -> None:
     import mlflow
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(path), device="cpu")
     signature = mlflow.models.infer_signature(_EXAMPLE_TEXT, model.encode(_EXAMPLE_TEXT))
-    return mlflow.sentence_transformers.log_model(
+    mlflow.sentence_transformers.save_model(
         model,
-        name="model",
+        path=str(dst),
+        mlflow_model=mlflow_model,
         signature=signature,
         input_example=_EXAMPLE_TEXT,
         pip_requirements=_pip_requirements("sentence-transformers", "transformers", "torch"),
     )
 
 
-def _log_transformers(path: Path, task: str) -> Any:
+def _save_transformers(path: Path, task: str, dst: Path, mlflow_model: Any) -> None:
     import mlflow
     import transformers
 
@@ -142,14 +122,50 @@ def _log_transformers(path: Path, task: str) -> Any:
         kwargs["model_card"] = card
     # The signature is inferred by MLflow from the example by running the pipeline once,
     # which also proves the model works before it is registered.
-    return mlflow.transformers.log_model(
+    mlflow.transformers.save_model(
         transformers_model=pipe,
-        name="model",
+        path=str(dst),
+        mlflow_model=mlflow_model,
         task=pipeline_task,
         input_example=_EXAMPLE_TEXT,
         pip_requirements=_pip_requirements("transformers", "torch"),
         **kwargs,
     )
+
+
+def _log_as_logged_model(
+    client: MlflowClient, experiment_id: str, run_id: str, save: Callable[[Path, Any], None]
+) -> str:
+    """Save the model with its flavour and log it as an MLflow 3 LoggedModel; its model id.
+
+    What `mlflow.<flavour>.log_model` does, with our explicit client instead of the
+    process-wide URIs and active run: create the LoggedModel (linked to `run_id`), save
+    the flavour into a temporary directory whose MLmodel names that LoggedModel, upload
+    the files into its artifact location, and mark it READY (FAILED if anything raised).
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+    from mlflow.tracking.context.registry import resolve_tags
+
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, tags=resolve_tags())
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        mlflow_model = Model(
+            artifact_path=logged.artifact_location,
+            model_uuid=logged.model_id,
+            run_id=run_id,
+            model_id=logged.model_id,
+        )
+        with tempfile.TemporaryDirectory(prefix="spark-scoring-register-") as tmp:
+            local = Path(tmp) / "model"
+            save(local, mlflow_model)
+            client.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return logged.model_id
 
 
 def register_model(
@@ -194,12 +210,11 @@ def register_model(
     uri = tracking_uri or default_tracking_uri()
     check_tracking_reachable(uri)
 
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = make_client(uri)
     try:
-        with quiet_mlflow(fail_fast=True), _global_uris(uri, uri):
+        with quiet_mlflow(fail_fast=True):
             experiment_id = get_or_create_experiment(client, uri, experiment)
             run = client.create_run(
                 experiment_id, run_name=f"register-{name}", tags={TASK_TAG: task, "spark_scoring.kind": kind}
@@ -212,21 +227,21 @@ def register_model(
                     client.log_artifacts(run_id, str(src), artifact_path="model")
                     source = f"{run.info.artifact_uri.rstrip('/')}/model"
                 else:
-                    with mlflow.start_run(run_id=run_id):
-                        if kind == "sentence_transformers":
-                            info = _log_sentence_transformers(src)
-                        else:
-                            info = _log_transformers(src, task)
-                    model_id = info.model_id
-                    source = info.model_uri
+                    if kind == "sentence_transformers":
+                        save = functools.partial(_save_sentence_transformers, src)
+                    else:
+                        save = functools.partial(_save_transformers, src, task)
+                    model_id = _log_as_logged_model(client, experiment_id, run_id, save)
+                    source = f"models:/{model_id}"
                 try:
                     client.create_registered_model(name)
                 except MlflowException as exc:
                     if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                         raise
-                mv = client.create_model_version(
-                    name, source=source, run_id=run_id, tags={TASK_TAG: task}, model_id=model_id
-                )
+                with store_resolves_logged_models(uri, uri):
+                    mv = client.create_model_version(
+                        name, source=source, run_id=run_id, tags={TASK_TAG: task}, model_id=model_id
+                    )
                 if alias:
                     client.set_registered_model_alias(name, alias, mv.version)
                 status = "FINISHED"
