@@ -150,7 +150,7 @@ def run(
         ctx = _open(cfg, spark)
     with phases.phase("load"):
         resolved = _resolve(cfg)
-    identity = inc.model_identity(resolved.model_id, cfg.model.options, cfg.model.precision)
+    identity = inc.model_identity(resolved.model_hash, cfg.model.options, cfg.model.precision)
     app = inc.app_id(cfg.name, identity)
     with phases.phase("plan"):
         watermark = ctx.lake.transaction_version(cfg.output.table, app) if ctx.output_exists else None
@@ -226,7 +226,7 @@ def backfill(
                 )
     with phases.phase("load"):
         resolved = _resolve(cfg)
-    identity = inc.model_identity(resolved.model_id, cfg.model.options, cfg.model.precision)
+    identity = inc.model_identity(resolved.model_hash, cfg.model.options, cfg.model.precision)
     plan = Plan(
         "backfill" if ctx.output_exists else "full",
         source_version=ctx.source_version,
@@ -264,7 +264,7 @@ def status(cfg: JobConfig, *, spark: SparkSession | None = None) -> dict[str, An
     """Watermark, pending source versions and the last runs of a job, as plain data."""
     ctx = _open(cfg, spark)
     resolved = _resolve(cfg)
-    identity = inc.model_identity(resolved.model_id, cfg.model.options, cfg.model.precision)
+    identity = inc.model_identity(resolved.model_hash, cfg.model.options, cfg.model.precision)
     app = inc.app_id(cfg.name, identity)
     watermark = ctx.lake.transaction_version(cfg.output.table, app) if ctx.output_exists else None
     history = ctx.lake.history(cfg.output.table, limit=50) if ctx.output_exists else []
@@ -511,7 +511,7 @@ def _score_and_commit(
     cfg, lake, spark = ctx.cfg, ctx.lake, ctx.spark
     with phases.phase("load"):
         spec = udf.prepare_model(
-            spark, model_dir=resolved.local_dir, model_uri=resolved.resolved_uri, model_cfg=cfg.model, model_id=identity
+            spark, model_dir=resolved.local_dir, model_uri=resolved.resolved_uri, model_cfg=cfg.model, identity=identity
         )
         stats = udf.ScoringStats(spark)
     # Spread the rows evenly over the cores, one partition per core: length sorting works
@@ -701,7 +701,7 @@ def _commit_metadata(
         "source_version_start": "" if plan.since_version is None else str(plan.since_version),
         "model_uri": resolved.resolved_uri,
         "model_version": resolved.version or "",
-        "model_id": resolved.model_id,
+        "model_id": resolved.model_hash,
         "model_identity": identity,
         "task": cfg.model.task,
         "rows_scored": str(result.rows_scored),

@@ -10,7 +10,7 @@ Executor side: the model loads once per Python worker (`spark_scoring.models.cac
 isolation and output validation on each Arrow batch.
 
 Example:
-    >>> spec = prepare_model(spark, model_dir=d, model_uri=uri, model_cfg=cfg.model, model_id="m1")
+    >>> spec = prepare_model(spark, model_dir=d, model_uri=uri, model_cfg=cfg.model, identity="m1")
     >>> stats = ScoringStats(spark)
     >>> scored = score(df, spec, stats)   # df's columns + embedding + error
 """
@@ -48,7 +48,8 @@ class ModelSpec:
     """Everything an executor needs to load and run the model; made on the driver, pickled.
 
     Attributes:
-        model_id: id made on the driver; keys the per-worker model cache.
+        identity: the model identity made on the driver (`incremental.model_identity`);
+            keys the per-worker model cache.
         model_uri: the resolved URI (for messages and lineage).
         task: registered task name.
         model_dir: the local model directory on the driver.
@@ -62,7 +63,7 @@ class ModelSpec:
         precision: "auto", "fp32", "bf16" or "fp16".
     """
 
-    model_id: str
+    identity: str
     model_uri: str
     task: str
     model_dir: str
@@ -80,7 +81,7 @@ class ModelSpec:
 
 
 def prepare_model(
-    spark: SparkSession, *, model_dir: str, model_uri: str, model_cfg: ModelConfig, model_id: str
+    spark: SparkSession, *, model_dir: str, model_uri: str, model_cfg: ModelConfig, identity: str
 ) -> ModelSpec:
     """Check the model directory on the driver and ship it to the executors.
 
@@ -122,9 +123,9 @@ def prepare_model(
     shipped_name = None
     master = spark.sparkContext.master
     if not _is_local_master(master):
-        shipped_name = _ship(spark, path.resolve(), model_id, model_uri)
+        shipped_name = _ship(spark, path.resolve(), identity, model_uri)
     return ModelSpec(
-        model_id=model_id,
+        identity=identity,
         model_uri=model_uri,
         task=model_cfg.task,
         model_dir=str(path.resolve()),
@@ -339,7 +340,7 @@ def _get_worker(spec: ModelSpec) -> tuple[_Worker, bool]:
     from spark_scoring.models import cache
 
     device = _resolve_device(spec.device)
-    key = f"{spec.model_id}|{spec.task}|{device}|{spec.precision}"
+    key = f"{spec.identity}|{spec.task}|{device}|{spec.precision}"
 
     def load() -> _Worker:
         model_dir = _local_model_dir(spec)

@@ -202,7 +202,7 @@ def test_resolve_alias_pins_version_and_loads_same_embeddings(store, cache, refe
     assert r.requested_uri == "models:/minilm@champion"
     assert r.resolved_uri == "models:/minilm/1"
     assert (r.name, r.version, r.flavor, r.task_tag) == ("minilm", "1", "sentence_transformers", "embedding")
-    assert r.run_id and len(r.model_id) == 16
+    assert r.run_id and len(r.model_hash) == 16
     local = Path(r.local_dir)
     assert local.is_dir() and local.is_relative_to(cache)
     assert (local / "modules.json").is_file()
@@ -218,7 +218,7 @@ def test_resolve_version_reuses_the_cached_download(store, cache):
     stamp = marker.stat().st_mtime_ns
     b = resolve_model("models:/minilm/1", task="embedding", tracking_uri=store["uri"], cache_dir=cache)
     assert b.local_dir == a.local_dir
-    assert b.model_id == a.model_id  # same pinned model -> same executor cache key
+    assert b.model_hash == a.model_hash  # same pinned model -> same executor cache key
     assert b.resolved_uri == "models:/minilm/1"
     assert marker.stat().st_mtime_ns == stamp  # not downloaded again
 
@@ -277,14 +277,14 @@ def test_resolve_local_dir_absolute_and_relative(minilm_dir, tmp_path, monkeypat
     assert (a.flavor, a.name, a.version, a.run_id) == ("sentence_transformers", None, None, None)
     monkeypatch.chdir(tmp_path)
     b = resolve_model("models/minilm", task="embedding", cache_dir=cache)
-    assert b.local_dir == a.local_dir and b.model_id == a.model_id
+    assert b.local_dir == a.local_dir and b.model_hash == a.model_hash
     assert b.requested_uri == "models/minilm"
     # the content fingerprint is part of the id: an edited model gets a new executor cache key
     cfg = copy / "config_sentence_transformers.json"
     os.utime(cfg, ns=(cfg.stat().st_atime_ns, cfg.stat().st_mtime_ns + 10_000_000_000))
     c = resolve_model(str(copy), task="embedding", cache_dir=cache)
-    assert c.model_id != a.model_id
-    assert resolve_model(str(copy), task="embedding", cache_dir=cache).model_id == c.model_id
+    assert c.model_hash != a.model_hash
+    assert resolve_model(str(copy), task="embedding", cache_dir=cache).model_hash == c.model_hash
 
 
 def test_alias_moved_after_resolution_does_not_change_the_pinned_model(store, client, cache):
@@ -300,7 +300,7 @@ def test_alias_moved_after_resolution_does_not_change_the_pinned_model(store, cl
     assert Path(pinned.local_dir, "modules.json").is_file()
     fresh = resolve_model("models:/pinned@prod", task="embedding", tracking_uri=store["uri"], cache_dir=cache)
     assert fresh.version == "2" and fresh.resolved_uri == "models:/pinned/2"
-    assert fresh.local_dir != pinned.local_dir and fresh.model_id != pinned.model_id
+    assert fresh.local_dir != pinned.local_dir and fresh.model_hash != pinned.model_hash
 
 
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def _spec(
     batch=None,
     device="cpu",
     precision="auto",
-    model_id=None,
+    identity=None,
 ):
     cfg = ModelConfig(
         uri=f"file://{model_dir}",
@@ -43,7 +43,7 @@ def _spec(
         model_dir=model_dir,
         model_uri=cfg.uri,
         model_cfg=cfg,
-        model_id=model_id or f"test-{uuid.uuid4().hex[:8]}",
+        identity=identity or f"test-{uuid.uuid4().hex[:8]}",
     )
 
 
@@ -129,7 +129,7 @@ def test_model_loads_once_per_worker_across_jobs(spark, minilm_dir):
     # Spark keeps a pool of reusable Python workers (it can hold more workers than cores);
     # each worker must load the model at most once, whatever the number of tasks and jobs.
     df = _text_df(spark, [f"text {i}" for i in range(48)]).repartition(12)
-    spec = _spec(spark, minilm_dir, "embedding", model_id=f"once-{uuid.uuid4().hex[:8]}")
+    spec = _spec(spark, minilm_dir, "embedding", identity=f"once-{uuid.uuid4().hex[:8]}")
     stats = udf.ScoringStats(spark)
     assert udf.score(df, spec, stats).filter("error is null").count() == 48
     assert udf.score(df, spec, stats).filter("error is null").count() == 48
@@ -314,7 +314,7 @@ spark = (
 )
 spark.sparkContext.setLogLevel("ERROR")
 cfg = ModelConfig(uri="file://" + model_dir, task="embedding", input=("text",))
-spec = udf.prepare_model(spark, model_dir=model_dir, model_uri=cfg.uri, model_cfg=cfg, model_id="cluster")
+spec = udf.prepare_model(spark, model_dir=model_dir, model_uri=cfg.uri, model_cfg=cfg, identity="cluster")
 df = spark.createDataFrame([(1, "hello"), (2, None), (3, "spark")], "id long, text string")
 rows = sorted(udf.score(df, spec).collect(), key=lambda r: r.id)
 

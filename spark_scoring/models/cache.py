@@ -1,7 +1,7 @@
 """Per-Python-worker model cache: each worker loads a model once and keeps it.
 
 A loaded model (hundreds of MB, seconds to load) is kept in a module-level dict keyed by
-an id made on the driver (`ModelSpec.model_id` plus the device), so every later Arrow
+an id made on the driver (`ModelSpec.identity` plus the device), so every later Arrow
 batch, task and stage that the same Python worker runs reuses it.
 
 What it needs:

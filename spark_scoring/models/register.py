@@ -222,7 +222,7 @@ def register_model(
             run_id = run.info.run_id
             status = "FAILED"
             try:
-                model_id = None
+                logged_model_id = None
                 if kind == "mlflow":
                     client.log_artifacts(run_id, str(src), artifact_path="model")
                     source = f"{run.info.artifact_uri.rstrip('/')}/model"
@@ -231,8 +231,8 @@ def register_model(
                         save = functools.partial(_save_sentence_transformers, src)
                     else:
                         save = functools.partial(_save_transformers, src, task)
-                    model_id = _log_as_logged_model(client, experiment_id, run_id, save)
-                    source = f"models:/{model_id}"
+                    logged_model_id = _log_as_logged_model(client, experiment_id, run_id, save)
+                    source = f"models:/{logged_model_id}"
                 try:
                     client.create_registered_model(name)
                 except MlflowException as exc:
@@ -240,7 +240,7 @@ def register_model(
                         raise
                 with store_resolves_logged_models(uri, uri):
                     mv = client.create_model_version(
-                        name, source=source, run_id=run_id, tags={TASK_TAG: task}, model_id=model_id
+                        name, source=source, run_id=run_id, tags={TASK_TAG: task}, model_id=logged_model_id
                     )
                 if alias:
                     client.set_registered_model_alias(name, alias, mv.version)

@@ -76,7 +76,9 @@ class ResolvedModel:
             library that reads it ("sentence_transformers" / "transformers").
         task_tag: the registered version's `spark_scoring.task` tag, if any.
         local_dir: absolute directory the scoring engine loads (see module docstring).
-        model_id: short stable hash naming this exact model + task; the executor cache key.
+        model_hash: short stable hash of this exact model + task (the pinned version, or a
+            local directory's content fingerprint); `incremental.model_identity` builds the
+            model identity (and so the executor cache key) from it.
     """
 
     requested_uri: str
@@ -87,7 +89,7 @@ class ResolvedModel:
     flavor: str
     task_tag: str | None
     local_dir: str
-    model_id: str
+    model_hash: str
 
 
 def default_cache_dir() -> Path:
@@ -269,7 +271,7 @@ def _resolve_registry(
         flavor=flavor,
         task_tag=task_tag,
         local_dir=str(local_dir),
-        model_id=_model_id(resolved_uri, task, registry, mv.run_id or "", str(mv.source or "")),
+        model_hash=_model_hash(resolved_uri, task, registry, mv.run_id or "", str(mv.source or "")),
     )
 
 
@@ -307,7 +309,7 @@ def _resolve_run(uri: str, task: str, tracking_uri: str | None, cache: Path) -> 
         flavor=flavor,
         task_tag=None,
         local_dir=str(local_dir),
-        model_id=_model_id(resolved_uri, task, tracking),
+        model_hash=_model_hash(resolved_uri, task, tracking),
     )
 
 
@@ -385,12 +387,12 @@ def _resolve_local(requested: str, path_text: str, task: str, cache: Path) -> Re
             f"existing model directory, or {_ALLOWED_FORMS}"
         )
     fingerprint = _fingerprint(path)
-    model_id = _model_id(str(path), task, fingerprint)
+    model_hash = _model_hash(str(path), task, fingerprint)
     kind = directory_kind(path)
     if kind == "mlflow":
         # Merging a transformers model writes a new directory: keep it in the cache, keyed
         # by the content fingerprint so an edited directory gets a fresh merge.
-        merge_slot = cache / "local" / model_id
+        merge_slot = cache / "local" / model_hash
         flavor, local_dir = _locate(path, task, str(path), merge_slot=merge_slot)
     else:
         # The config.json architectures are left to the task's own check when the model
@@ -406,7 +408,7 @@ def _resolve_local(requested: str, path_text: str, task: str, cache: Path) -> Re
         flavor=flavor,
         task_tag=None,
         local_dir=str(local_dir),
-        model_id=model_id,
+        model_hash=model_hash,
     )
 
 
@@ -487,7 +489,7 @@ def _slug(text: str) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def _model_id(*parts: str) -> str:
+def _model_hash(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
