@@ -41,6 +41,7 @@ from spark_scoring.errors import (
     TrackingError,
     UsageError,
     first_line,
+    from_spark,
 )
 from spark_scoring.incremental import INPUT_HASH, META, Plan
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
@@ -583,15 +584,16 @@ def _score_and_commit(
 
 
 def _run_spark(action, resolved: ResolvedModel):
-    """Run a Spark action, turning a model-load failure on an executor into a clear ModelError."""
+    """Run a Spark action; an error raised on an executor (a model that fails to load, wrong
+    model output) comes back as its own class (`errors.from_spark`)."""
     try:
         return action()
     except ScoringError:
         raise
     except Exception as exc:  # noqa: BLE001 - Py4J/Spark errors: translate what we recognise
-        model_exc = udf.model_error_from(exc)
-        if model_exc is not None:
-            raise model_exc from exc
+        known = from_spark(exc)
+        if known is not None:
+            raise known from exc
         raise ScoringError(f"scoring failed on the executors for model {resolved.resolved_uri}: {first_line(exc)}") from exc
 
 

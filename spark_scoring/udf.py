@@ -35,7 +35,14 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from spark_scoring import batching
 from spark_scoring.config import BatchConfig, ModelConfig
-from spark_scoring.errors import ConfigError, ModelError, SchemaDriftError, UsageError
+from spark_scoring.errors import (
+    ConfigError,
+    ModelError,
+    SchemaDriftError,
+    ScoringError,
+    UsageError,
+    for_executor,
+)
 from spark_scoring.models.tasks import get_task, task_spec
 
 log = logging.getLogger(__name__)
@@ -326,6 +333,8 @@ def _score_partition(
             }
             added[ERROR_COLUMN] = pd.Series(result.errors, index=pdf.index, dtype=object)
             yield pd.concat([pdf, pd.DataFrame(added, index=pdf.index)], axis=1)
+    except ScoringError as exc:  # a model that fails to load, wrong model output: typed, for the driver
+        raise for_executor(exc) from exc
     finally:
         if accs is not None:
             for name in batching.BatchStats.__dataclass_fields__:
@@ -419,36 +428,6 @@ def _set_cpu_threads(device: str) -> None:
 # --------------------------------------------------------------------------------------
 # Errors from executors
 # --------------------------------------------------------------------------------------
-
-_EXECUTOR_ERROR_RE = re.compile(r"spark_scoring\.errors\.(ModelError|ModelOutputError): (.*)")
-
-
-def model_error_from(exc: BaseException) -> ModelError | None:
-    """Recognise a model failure raised on an executor inside a Spark exception.
-
-    Spark wraps executor exceptions (PythonException, Py4JJavaError) in text; this finds
-    the `ModelError` / `ModelOutputError` our executor code raised (model load failure,
-    wrong model output) and returns it as a clear error for the driver, else None.
-    """
-    if isinstance(exc, ModelError):
-        return exc
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    texts = []
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        texts.append(str(current))
-        current = current.__cause__ or current.__context__
-    matches = _EXECUTOR_ERROR_RE.findall("\n".join(texts))
-    if not matches:
-        return None
-    kind, message = matches[-1]
-    message = message.strip()
-    from spark_scoring.errors import ModelOutputError
-
-    cls = ModelOutputError if kind == "ModelOutputError" else ModelError
-    return cls(message)
-
 
 def _one_line(exc: BaseException) -> str:
     # Executor errors travel as traceback text; one line keeps them recognisable.

@@ -13,7 +13,7 @@ from pyspark.sql import Row
 
 from spark_scoring import udf
 from spark_scoring.config import BatchConfig, ModelConfig
-from spark_scoring.errors import ModelError, ModelOutputError, SchemaDriftError, UsageError
+from spark_scoring.errors import ModelError, SchemaDriftError, UsageError, from_spark
 from tests.tiny_models import LABELS, SAMPLE_TEXTS, tiny_models  # noqa: F401
 
 
@@ -265,22 +265,11 @@ def test_executor_load_failure_becomes_a_model_error(spark, tmp_path, tiny_model
     spec = _spec(spark, str(broken), "embedding")  # config.json is fine: the driver check passes
     with pytest.raises(Exception) as info:
         udf.score(_text_df(spark, ["a", "b"]), spec).collect()
-    err = udf.model_error_from(info.value)
+    err = from_spark(info.value)
     assert isinstance(err, ModelError)
     assert f"could not load model file://{broken} (task embedding)" in str(err)
     assert "Error" in str(err).split("on the executor:")[1]  # the cause's type and message
-    assert udf.model_error_from(ValueError("unrelated")) is None
-
-
-def test_model_error_from_recognises_output_errors_in_spark_text():
-    text = (
-        "An exception was thrown from the Python worker.\nTraceback (most recent call last):\n  ...\n"
-        "spark_scoring.errors.ModelOutputError: model output 'embedding': expected 4 outputs, got 3\n"
-        "\tat org.apache.spark.api.python...\n"
-    )
-    err = udf.model_error_from(RuntimeError(text))
-    assert type(err) is ModelOutputError
-    assert str(err) == "model output 'embedding': expected 4 outputs, got 3"
+    assert from_spark(ValueError("unrelated")) is None
 
 
 @pytest.mark.gpu

@@ -21,7 +21,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from spark_scoring.errors import LakehouseError, TableNotFoundError
+from spark_scoring.errors import LakehouseError, TableNotFoundError, from_spark
 from spark_scoring.lakehouse import _delta_rs as ds
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
@@ -271,7 +271,9 @@ class DeltaRsLakehouse(Lakehouse):
             activate(df.sparkSession)
             df.write.format(ds.DATA_SOURCE_NAME).options(**options).mode("append").save()
         except Exception as exc:
-            ds.raise_tagged(exc)
+            known = from_spark(exc)  # an error our tasks or our commit raised, typed again
+            if known is not None:
+                raise known from exc
             raise LakehouseError(f"writing to {table!r} failed; nothing was published: {exc}") from exc
         return self._find_write(path, table, write_id, request.expected_version)
 

@@ -26,7 +26,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from spark_scoring.contract import WRITE_ID_KEY
-from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError, first_line
+from spark_scoring.errors import (
+    ConcurrentRunError,
+    LakehouseError,
+    TableNotFoundError,
+    first_line,
+    from_spark,
+)
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
     CommitInfo,
@@ -257,6 +263,9 @@ class DeltaSparkLakehouse(Lakehouse):
             else:
                 writer.save(table)
         except Exception as exc:
+            known = from_spark(exc)  # e.g. a model error of a scoring task this write ran
+            if known is not None:
+                raise known from exc
             if "Concurrent" in type(exc).__name__ or "Concurrent" in str(exc)[:2000]:
                 raise ConcurrentRunError(
                     f"another writer committed to {table!r} while this run was writing; nothing was "

@@ -11,9 +11,9 @@ reads and writes through (`spark.read.format(DATA_SOURCE_NAME)`).
 * `reader`: `DeltaRsReader`, the read tasks.
 * `writer`: `DeltaRsWriter`, the write tasks and the ONE commit on the driver.
 
-Options are strings (lists and mappings JSON-encoded). Errors raised here cross a process
-boundary as text; they carry a `[spark_scoring:<ErrorClass>]` tag so that the driver can
-raise the same class again (see `raise_tagged`).
+Options are strings (lists and mappings JSON-encoded). Errors raised in the workers cross
+a process boundary as text: they are raised as `errors.for_executor(exc)`, and the driver
+gets the same class back with `errors.from_spark`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import json
 from pyspark.sql.datasource import DataSource
 from pyspark.sql.types import StructType
 
+from spark_scoring.errors import raised_for_driver
 from spark_scoring.lakehouse._delta_rs.log import (
     active_files,
     check_supported,
     committed_version,
     open_table,
     partition_columns,
-    raise_tagged,
     spark_schema,
     table_exists,
 )
@@ -46,7 +46,6 @@ __all__ = [  # what the delta-rs backend (delta_rs.py) uses
     "committed_version",
     "open_table",
     "partition_columns",
-    "raise_tagged",
     "spark_schema",
     "table_exists",
 ]
@@ -72,8 +71,9 @@ class DeltaRsDataSource(DataSource):
     def schema(self) -> StructType:
         path = self.options["path"]
         version = self.options.get("version")
-        table = open_table(path, int(version) if version is not None else None)
-        check_supported(table, path)
+        with raised_for_driver():  # runs in a Python worker when no schema was given
+            table = open_table(path, int(version) if version is not None else None)
+            check_supported(table, path)
         full = spark_schema(table)
         columns = self.options.get("columns")
         if not columns:

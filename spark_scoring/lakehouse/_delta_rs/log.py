@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,17 +15,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from pyspark.sql.types import StructType
 
-from spark_scoring import errors
 from spark_scoring.contract import WRITE_ID_KEY
 from spark_scoring.errors import (
     LakehouseError,
-    ScoringError,
     TableNotFoundError,
     UnsupportedTableFeatureError,
 )
 from spark_scoring.lakehouse import _partitions as parts
 
-_TAG_RE = re.compile(r"\[spark_scoring:(\w+)\] ([^\n]*)")
 _UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
 
 
@@ -185,27 +181,6 @@ def pack_files(files: Sequence[Mapping[str, Any]], max_bytes: int) -> list[list[
     if current:
         groups.append(current)
     return groups
-
-
-def raise_tagged(exc: BaseException) -> None:
-    """Raise the spark_scoring error carried (as a tag) in the text of a Spark exception.
-
-    Does nothing when the text carries no tag.
-    """
-    match = _TAG_RE.search(str(exc))
-    if not match:
-        return
-    cls = getattr(errors, match.group(1), None)
-    if not (isinstance(cls, type) and issubclass(cls, LakehouseError)):
-        cls = LakehouseError
-    raise cls(match.group(2)) from exc
-
-
-def _tagged(exc: ScoringError) -> LakehouseError:
-    """The same error with a tag that survives Spark's wrapping (one line of text)."""
-    cls = type(exc) if isinstance(exc, LakehouseError) else LakehouseError
-    message = " ".join(str(exc).split())
-    return cls(f"[spark_scoring:{cls.__name__}] {message}")
 
 
 def committed_version(path: str, write_id: str, after: int | None) -> int | None:

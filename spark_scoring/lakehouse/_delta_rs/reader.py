@@ -20,6 +20,7 @@ from pyspark.sql.datasource import DataSourceReader, InputPartition
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
+from spark_scoring.errors import raised_for_driver
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse._delta_rs.log import (
     active_files,
@@ -53,7 +54,8 @@ class DeltaRsReader(DataSourceReader):
         return pack_files(files, self.max_bytes)
 
     def partitions(self) -> list[InputPartition]:
-        groups = self.plan()
+        with raised_for_driver():  # runs in Spark's planner process
+            groups = self.plan()
         return [InputPartition(group) for group in groups]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
@@ -61,7 +63,8 @@ class DeltaRsReader(DataSourceReader):
         if not files:
             return
         arrow_schema = to_arrow_schema(self.schema, timezone="UTC")
-        yield from _read_files(files, self.schema, arrow_schema)
+        with raised_for_driver():
+            yield from _read_files(files, self.schema, arrow_schema)
 
 
 def _read_files(

@@ -42,10 +42,9 @@ from pyspark.sql.types import (
 )
 
 from spark_scoring.contract import WRITE_ID_KEY
-from spark_scoring.errors import ConcurrentRunError, LakehouseError, ScoringError
+from spark_scoring.errors import ConcurrentRunError, LakehouseError, ScoringError, for_executor
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse._delta_rs.log import (
-    _tagged,
     active_files,
     check_supported,
     committed_version,
@@ -240,8 +239,8 @@ class DeltaRsWriter(DataSourceArrowWriter):
                     fs.delete_file(f.location)
                 except Exception:  # noqa: S110 - best effort cleanup; the task error matters
                     pass
-            if isinstance(exc, ScoringError):
-                raise _tagged(exc) from exc
+            if isinstance(exc, ScoringError):  # typed, for the driver (errors.from_spark)
+                raise for_executor(exc) from exc
             raise
         return DeltaRsCommitMessage(adds=adds, rows=sum(a["rows"] for a in adds))
 
@@ -278,14 +277,14 @@ class DeltaRsWriter(DataSourceArrowWriter):
     def commit(self, messages: list[DeltaRsCommitMessage | None]) -> None:
         try:
             self._commit(messages)
-        except ScoringError as exc:
-            raise _tagged(exc) from exc
+        except ScoringError as exc:  # commit() runs in a Python worker: typed, for the driver
+            raise for_executor(exc) from exc
         except Exception as exc:
             # A failure after the commit landed (e.g. in a post-commit checkpoint hook) is
             # not a failed write: the data is published and abort() must not delete it.
             if self._landed():
                 return
-            raise _tagged(LakehouseError(f"the Delta commit to {self.table_name!r} failed: {exc}")) from exc
+            raise for_executor(LakehouseError(f"the Delta commit to {self.table_name!r} failed: {exc}")) from exc
 
     def _landed(self) -> bool | None:
         """True if our commit is in the log, False if not, None if the log cannot be read."""
