@@ -11,6 +11,7 @@ by pasting user data into SQL without escaping.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -37,6 +38,20 @@ RESERVED_COMMIT_KEYS = frozenset(
         "userId", "userName", "job", "notebook", "clusterId", "txnId", "inCommitTimestamp",
     }
 )
+
+def parse_user_metadata(user: Any) -> dict[str, Any]:
+    """The custom commit metadata a commit's `userMetadata` holds (JSON written by `write`).
+
+    Text that is not a JSON object comes back as `{"userMetadata": text}`; nothing as {}.
+    """
+    if not isinstance(user, str) or not user:
+        return {}
+    try:
+        parsed = json.loads(user)
+    except ValueError:
+        parsed = None
+    return dict(parsed) if isinstance(parsed, dict) else {"userMetadata": user}
+
 
 PartitionValues = Mapping[str, "str | None"]
 WriteMode = Literal["append", "overwrite", "replace_partitions"]

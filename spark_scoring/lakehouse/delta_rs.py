@@ -15,8 +15,7 @@ import logging
 import os
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -25,7 +24,6 @@ from spark_scoring.errors import LakehouseError, TableNotFoundError, from_spark
 from spark_scoring.lakehouse import _delta_rs as ds
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.base import (
-    RESERVED_COMMIT_KEYS,
     CommitInfo,
     FileEntry,
     Lakehouse,
@@ -56,22 +54,6 @@ def register_data_source(spark: SparkSession) -> None:
         return
     spark.dataSource.register(ds.DeltaRsDataSource)
     _registered.add(spark)
-
-
-def commit_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Custom metadata of one commitInfo entry: extra keys plus the JSON in `userMetadata`."""
-    metadata = {k: v for k, v in entry.items() if k not in RESERVED_COMMIT_KEYS}
-    user = entry.get("userMetadata")
-    if isinstance(user, str) and user:
-        try:
-            parsed = json.loads(user)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            metadata.update(parsed)
-        else:
-            metadata["userMetadata"] = user
-    return metadata
 
 
 class DeltaRsLakehouse(Lakehouse):
@@ -161,7 +143,7 @@ class DeltaRsLakehouse(Lakehouse):
                         dt.datetime.fromtimestamp(stamp / 1000, tz=dt.timezone.utc) if stamp is not None else None
                     ),
                     operation=str(entry.get("operation", "")),
-                    metadata=commit_metadata(entry),
+                    metadata=ds.commit_metadata(entry),
                 )
             )
         commits.sort(key=lambda c: c.version, reverse=True)

@@ -18,7 +18,6 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame, SparkSession
@@ -42,6 +41,7 @@ from spark_scoring.lakehouse.base import (
     WriteRequest,
     WriteResult,
     is_catalog_name,
+    parse_user_metadata,
 )
 
 log = logging.getLogger("spark_scoring.lakehouse")
@@ -190,14 +190,7 @@ class DeltaSparkLakehouse(Lakehouse):
         frame = delta_table.history(limit) if limit is not None else delta_table.history()
         commits = []
         for row in frame.select("version", "timestamp", "operation", "userMetadata").collect():
-            metadata: dict[str, Any] = {}
-            user = row["userMetadata"]
-            if user:
-                try:
-                    parsed = json.loads(user)
-                except ValueError:
-                    parsed = None
-                metadata = parsed if isinstance(parsed, dict) else {"userMetadata": user}
+            metadata = parse_user_metadata(row["userMetadata"])
             stamp = row["timestamp"]
             if isinstance(stamp, dt.datetime) and stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=dt.timezone.utc)

@@ -27,6 +27,7 @@ from spark_scoring.errors import raised_for_driver
 from spark_scoring.lakehouse._delta_rs.log import (
     active_files,
     check_supported,
+    commit_metadata,
     committed_version,
     open_table,
     partition_columns,
@@ -43,6 +44,7 @@ __all__ = [  # what the delta-rs backend (delta_rs.py) uses
     "DeltaRsReader",
     "active_files",
     "check_supported",
+    "commit_metadata",
     "committed_version",
     "open_table",
     "partition_columns",

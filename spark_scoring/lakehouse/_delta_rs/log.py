@@ -22,8 +22,7 @@ from spark_scoring.errors import (
     UnsupportedTableFeatureError,
 )
 from spark_scoring.lakehouse import _partitions as parts
-
-_UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
+from spark_scoring.lakehouse.base import RESERVED_COMMIT_KEYS, parse_user_metadata
 
 
 def open_table(path: str, version: int | None = None, table: str | None = None):
@@ -194,3 +193,10 @@ def committed_version(path: str, write_id: str, after: int | None) -> int | None
         if entry.get(WRITE_ID_KEY) == write_id or write_id in str(entry.get("userMetadata", "")):
             return int(entry["version"])
     return None
+
+
+def commit_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Custom metadata of one commitInfo entry: extra keys plus the JSON in `userMetadata`."""
+    metadata = {k: v for k, v in entry.items() if k not in RESERVED_COMMIT_KEYS}
+    metadata.update(parse_user_metadata(entry.get("userMetadata")))
+    return metadata
