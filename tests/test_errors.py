@@ -28,8 +28,7 @@ from spark_scoring.errors import (
     for_executor,
     from_spark,
 )
-from spark_scoring.lakehouse._delta_rs import DATA_SOURCE_NAME
-from spark_scoring.lakehouse.delta_rs import DeltaRsLakehouse, activate
+from spark_scoring.lakehouse._delta_rs import DATA_SOURCE_NAME, activate, register_data_source
 
 # --------------------------------------------------------------------------- the tag
 
@@ -133,7 +132,7 @@ def _write_options(path: str, **extra) -> dict[str, str]:
 def test_a_lakehouse_error_in_a_write_task_comes_back_typed(spark, tmp_path):
     path = str(tmp_path / "tbl")
     deltalake.write_deltalake(path, pa.table({"id": pa.array([1], pa.int64()), "day": ["a"]}), partition_by=["day"])
-    DeltaRsLakehouse(spark)  # registers the data source
+    register_data_source(spark)
     activate(spark)
     rows = spark.createDataFrame([(2, "b")], "id long, day string")
     options = _write_options(path, mode="replace_partitions", partitions=json.dumps([{"day": "a"}]),
@@ -154,7 +153,7 @@ def test_a_concurrent_run_error_in_the_commit_comes_back_typed(spark, tmp_path):
     path = str(tmp_path / "tbl")
     deltalake.write_deltalake(path, pa.table({"id": pa.array([1], pa.int64()), "day": ["a"]}), partition_by=["day"])
     deltalake.write_deltalake(path, pa.table({"id": pa.array([2], pa.int64()), "day": ["b"]}), mode="append")
-    DeltaRsLakehouse(spark)
+    register_data_source(spark)
     activate(spark)
     rows = spark.createDataFrame([(3, "a")], "id long, day string")
     options = _write_options(path, mode="append", expected_version="0")  # the table is at 1 now

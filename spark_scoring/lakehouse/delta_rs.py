@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import uuid
-import weakref
 from collections.abc import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
@@ -35,27 +34,6 @@ from spark_scoring.lakehouse.base import (
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
-_registered: weakref.WeakSet[SparkSession] = weakref.WeakSet()
-
-
-def activate(spark: SparkSession) -> None:
-    """Make `spark` the JVM's active session in the calling thread.
-
-    Spark looks Python data sources up in the JVM's *active* session, which is kept per
-    thread: a read or write from a thread that never touched the session (a scheduler's
-    worker thread, two runs in parallel threads) would fail with DATA_SOURCE_NOT_FOUND.
-    """
-    SparkSession._get_j_spark_session_class(spark._jvm).setActiveSession(spark._jsparkSession)  # type: ignore[attr-defined]
-
-
-def register_data_source(spark: SparkSession) -> None:
-    """Register the delta-rs Python data source with `spark` (once per session)."""
-    if spark in _registered:
-        return
-    spark.dataSource.register(ds.DeltaRsDataSource)
-    _registered.add(spark)
-
-
 class DeltaRsLakehouse(Lakehouse):
     """Delta tables at paths, read and written through delta-rs and Spark's Python data sources.
 
@@ -72,7 +50,7 @@ class DeltaRsLakehouse(Lakehouse):
     def __init__(self, spark: SparkSession, *, max_bytes_per_task: int = ds.DEFAULT_MAX_BYTES_PER_TASK):
         super().__init__(spark)
         self.max_bytes_per_task = max_bytes_per_task
-        register_data_source(spark)
+        ds.register_data_source(spark)
 
     # ------------------------------------------------------------------ references
 
@@ -210,7 +188,7 @@ class DeltaRsLakehouse(Lakehouse):
             schema = StructType([by_name[c] for c in columns])
         options = self._read_options(table, version, partitions, columns)
         log.debug("delta-rs read of %s at version %s (partitions %s)", table, version, partitions)
-        activate(self.spark)
+        ds.activate(self.spark)
         return self.spark.read.format(ds.DATA_SOURCE_NAME).schema(schema).options(**options).load()
 
     # ------------------------------------------------------------------ write
@@ -250,7 +228,7 @@ class DeltaRsLakehouse(Lakehouse):
             options["app_id"] = request.app_id
             options["txn_version"] = str(int(request.txn_version))  # type: ignore[arg-type]
         try:
-            activate(df.sparkSession)
+            ds.activate(df.sparkSession)
             df.write.format(ds.DATA_SOURCE_NAME).options(**options).mode("append").save()
         except Exception as exc:
             known = from_spark(exc)  # an error our tasks or our commit raised, typed again

@@ -4,7 +4,8 @@ This is a package of importable modules (never `__main__`) because Spark pickles
 DataSource, reader and writer and re-imports them in its Python workers (the planner, the
 executors and the commit process on the driver): the classes are pickled by reference to
 their module here instead of by value. `DATA_SOURCE_NAME` is the format name the backend
-reads and writes through (`spark.read.format(DATA_SOURCE_NAME)`).
+reads and writes through (`spark.read.format(DATA_SOURCE_NAME)`), once `register_data_source`
+registered `DeltaRsDataSource` with the session and `activate` made it the thread's active one.
 
 * `log`: the table's Delta log through `deltalake` (open, features, schema, active files,
   partition selection, task packing, finding a commit by its write id).
@@ -19,7 +20,9 @@ gets the same class back with `errors.from_spark`.
 from __future__ import annotations
 
 import json
+import weakref
 
+from pyspark.sql import SparkSession
 from pyspark.sql.datasource import DataSource
 from pyspark.sql.types import StructType
 
@@ -42,12 +45,14 @@ __all__ = [  # what the delta-rs backend (delta_rs.py) uses
     "DEFAULT_MAX_BYTES_PER_TASK",
     "DeltaRsDataSource",
     "DeltaRsReader",
+    "activate",
     "active_files",
     "check_supported",
     "commit_metadata",
     "committed_version",
     "open_table",
     "partition_columns",
+    "register_data_source",
     "spark_schema",
     "table_exists",
 ]
@@ -89,3 +94,24 @@ class DeltaRsDataSource(DataSource):
 
     def writer(self, schema: StructType, overwrite: bool) -> DeltaRsWriter:
         return DeltaRsWriter(dict(self.options), schema)
+
+
+_registered: weakref.WeakSet[SparkSession] = weakref.WeakSet()
+
+
+def activate(spark: SparkSession) -> None:
+    """Make `spark` the JVM's active session in the calling thread.
+
+    Spark looks Python data sources up in the JVM's *active* session, which is kept per
+    thread: a read or write from a thread that never touched the session (a scheduler's
+    worker thread, two runs in parallel threads) would fail with DATA_SOURCE_NOT_FOUND.
+    """
+    SparkSession._get_j_spark_session_class(spark._jvm).setActiveSession(spark._jsparkSession)  # type: ignore[attr-defined]
+
+
+def register_data_source(spark: SparkSession) -> None:
+    """Register the delta-rs Python data source with `spark` (once per session)."""
+    if spark in _registered:
+        return
+    spark.dataSource.register(DeltaRsDataSource)
+    _registered.add(spark)
