@@ -283,30 +283,43 @@ class Lakehouse(ABC):
                 This is checked FIRST, so a run that lost a race fails loudly even when the
                 winner recorded the same watermark.
         """
-        if latest is None:
-            if expected_version is not None:
-                raise ConcurrentRunError(
-                    f"output table {table!r} was expected at version {expected_version} but does not "
-                    "exist; another process removed it; rerun"
-                )
-            return False
-        if expected_version is None:
-            raise ConcurrentRunError(
-                f"output table {table!r} exists (version {latest}) but the write expected no "
-                "table; another run created it; rerun"
-            )
-        if latest != expected_version:
-            raise ConcurrentRunError(
-                f"output table {table!r} moved from version {expected_version} to {latest} while "
-                "this run was running; another run committed; rerun"
-            )
-        if app_id is not None:
+        check_planned_version(table, expected_version, latest)
+        if latest is not None and app_id is not None:
             recorded = self.transaction_version(table, app_id)
             if recorded is not None and txn_version is not None and recorded >= txn_version:
                 log.info("skipping write to %s: app %s already committed txn version %s (asked %s)",
                          table, app_id, recorded, txn_version)
                 return True
         return False
+
+
+def check_planned_version(table: str, expected_version: int | None, latest: int | None) -> None:
+    """Raise ConcurrentRunError unless `table` is at the version the caller planned against.
+
+    Checked before a write starts (`Lakehouse.write`) and again at commit time by a backend
+    that commits itself (delta-rs), since other writers may commit while the tasks run.
+
+    Args:
+        expected_version: the planned version (None: the table must not exist).
+        latest: the table's current version (None: there is no table).
+    """
+    if latest is None:
+        if expected_version is not None:
+            raise ConcurrentRunError(
+                f"output table {table!r} was expected at version {expected_version} but does not "
+                "exist; another process removed it; rerun"
+            )
+        return
+    if expected_version is None:
+        raise ConcurrentRunError(
+            f"output table {table!r} exists (version {latest}) but the write expected no "
+            "table; another run created it; rerun"
+        )
+    if latest != expected_version:
+        raise ConcurrentRunError(
+            f"output table {table!r} moved from version {expected_version} to {latest} while "
+            "this run was running; another run committed; rerun"
+        )
 
 
 def _check_write_arguments(

@@ -55,6 +55,7 @@ from spark_scoring.lakehouse._delta_rs.log import (
     spark_schema,
     table_exists,
 )
+from spark_scoring.lakehouse.base import check_planned_version
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
@@ -320,12 +321,10 @@ class DeltaRsWriter(DataSourceArrowWriter):
         }
         transactions = [Transaction(self.app_id, self.txn_version)] if self.app_id and self.txn_version is not None else None
 
-        if not table_exists(self.path):
-            if self.expected_version is not None:
-                raise ConcurrentRunError(
-                    f"output table {self.table_name!r} was at version {self.expected_version} when "
-                    "this run planned, and is gone now; another process removed it; rerun"
-                )
+        table = open_table(self.path, table=self.table_name) if table_exists(self.path) else None
+        # Again, now: other writers may have committed while the tasks ran.
+        check_planned_version(self.table_name, self.expected_version, None if table is None else table.version())
+        if table is None:
             custom["operationMetrics"] = _metrics(len(adds), 0, rows)
             schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
             try:
@@ -346,18 +345,6 @@ class DeltaRsWriter(DataSourceArrowWriter):
                 raise
             return
 
-        table = open_table(self.path, table=self.table_name)
-        latest = table.version()
-        if self.expected_version is None:
-            raise ConcurrentRunError(
-                f"output table {self.table_name!r} did not exist when this run planned, but is at "
-                f"version {latest} now; another run created it; rerun"
-            )
-        if latest != self.expected_version:
-            raise ConcurrentRunError(
-                f"output table {self.table_name!r} moved from version {self.expected_version} to "
-                f"{latest} while this run was running; another run committed; rerun"
-            )
         check_supported(table, self.table_name)
         table_schema = spark_schema(table)
         table_parts = partition_columns(table)
