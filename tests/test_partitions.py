@@ -218,3 +218,16 @@ def test_predicate_refuses_bad_specs(hostile_df):
         parts.partition_predicate([{"n": 1}], schema, ["n"])
     with pytest.raises(LakehouseError, match="no partitions given"):
         parts.partition_predicate([], schema, ["n"])
+
+
+def test_check_partition_values_checks_names_and_typed_values():
+    schema = StructType([StructField("day", DateType()), StructField("n", LongType()), StructField("v", DoubleType())])
+    assert parts.check_partition_values({"day": "2024-05-01", "n": None}, ["day", "n"], schema) == {
+        "day": "2024-05-01", "n": None,
+    }
+    with pytest.raises(LakehouseError, match=r"names \['v'\], which are not partition columns"):
+        parts.check_partition_values({"v": "1.0"}, ["day", "n"], schema)
+    with pytest.raises(LakehouseError, match=r"'2024-13-01' of column 'day' is not a valid date"):
+        parts.check_partition_values({"day": "2024-13-01"}, ["day", "n"], schema)
+    with pytest.raises(LakehouseError, match="empty partition spec"):
+        parts.check_partition_values({}, ["day"], schema)

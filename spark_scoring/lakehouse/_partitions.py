@@ -307,6 +307,17 @@ def check_partition_spec(spec: Mapping[str, str | None], partition_columns: Sequ
     return dict(spec)
 
 
+def check_partition_values(
+    spec: Mapping[str, str | None], partition_columns: Sequence[str], schema: StructType
+) -> dict[str, str | None]:
+    """`check_partition_spec`, and every value a valid value of its column's type in `schema`."""
+    checked = check_partition_spec(spec, partition_columns)
+    types = {f.name: f.dataType for f in schema.fields}
+    for column, value in checked.items():
+        from_partition_string(value, types[column], column)
+    return checked
+
+
 def spec_matches(
     spec: Mapping[str, str | None],
     file_values: Mapping[str, str | None],

@@ -356,7 +356,5 @@ def _check_replaced_partitions(request: WriteRequest) -> None:
     missing = [c for c in request.partition_columns if c not in columns]
     if missing:
         raise LakehouseError(f"partition columns {missing} are not columns of the rows to write {columns}")
-    types = {f.name: f.dataType for f in request.df.schema.fields}
     for spec in request.partitions:
-        for column, value in parts.check_partition_spec(spec, request.partition_columns).items():
-            parts.from_partition_string(value, types[column], column)
+        parts.check_partition_values(spec, request.partition_columns, request.df.schema)

@@ -172,10 +172,7 @@ class DeltaRsLakehouse(Lakehouse):
         table_parts = ds.partition_columns(delta_table)
         if partitions is not None:
             for spec in partitions:  # fail here, on the driver, with the clear message
-                checked = parts.check_partition_spec(spec, table_parts)
-                types = {f.name: f.dataType for f in full.fields}
-                for column, value in checked.items():
-                    parts.from_partition_string(value, types[column], column)
+                parts.check_partition_values(spec, table_parts, full)
         schema = full
         if columns is not None:
             by_name = {f.name: f for f in full.fields}
