@@ -125,42 +125,42 @@ def test_a_model_output_error_in_a_scoring_task_comes_back_typed(spark, tmp_path
     assert str(err) == f"model output {name!r}: expected 3 outputs, got 2"
 
 
-def _write_options(path: str, **extra) -> dict[str, str]:
-    return {"path": path, "table_name": path, "partition_by": json.dumps(["day"]), "write_id": "w-1", **extra}
+def _seeded(path: str, versions: int) -> str:
+    """A table partitioned by day at version `versions - 1` (one row per commit)."""
+    for i in range(versions):
+        deltalake.write_deltalake(path, pa.table({"id": pa.array([i], pa.int64()), "day": [f"d{i}"]}),
+                                  partition_by=["day"], mode="append")
+    return path
+
+
+def _failed_write(spark, path: str, row: tuple, **options: str) -> ScoringError | None:
+    """Write `row` straight through the data source (no Lakehouse.write checks); the error
+    the driver gets, as `from_spark` reads it."""
+    register_data_source(spark)
+    activate(spark)
+    rows = spark.createDataFrame([row], "id long, day string")
+    options = {"path": path, "table_name": path, "partition_by": json.dumps(["day"]), "write_id": "w-1", **options}
+    with pytest.raises(Exception) as info:
+        rows.write.format(DATA_SOURCE_NAME).options(**options).mode("append").save()
+    assert not isinstance(info.value, ScoringError)  # Spark's exception: ours is only text in it
+    return from_spark(info.value)
 
 
 def test_a_lakehouse_error_in_a_write_task_comes_back_typed(spark, tmp_path):
-    path = str(tmp_path / "tbl")
-    deltalake.write_deltalake(path, pa.table({"id": pa.array([1], pa.int64()), "day": ["a"]}), partition_by=["day"])
-    register_data_source(spark)
-    activate(spark)
-    rows = spark.createDataFrame([(2, "b")], "id long, day string")
-    options = _write_options(path, mode="replace_partitions", partitions=json.dumps([{"day": "a"}]),
-                             expected_version="0")
-    with pytest.raises(Exception) as info:
-        rows.write.format(DATA_SOURCE_NAME).options(**options).mode("append").save()
-    assert not isinstance(info.value, ScoringError)
-    err = from_spark(info.value)
+    path = _seeded(str(tmp_path / "tbl"), versions=1)
+    err = _failed_write(spark, path, (9, "b"), mode="replace_partitions",
+                        partitions=json.dumps([{"day": "d0"}]), expected_version="0")
     assert type(err) is LakehouseError
     assert str(err) == (
-        "a row of partition {'day': 'b'} falls outside the partitions being replaced [{'day': 'a'}]; "
+        "a row of partition {'day': 'b'} falls outside the partitions being replaced [{'day': 'd0'}]; "
         "replace_partitions only writes rows of the partitions it replaces: add the partition to "
         "`partitions` or filter the rows"
     )
 
 
 def test_a_concurrent_run_error_in_the_commit_comes_back_typed(spark, tmp_path):
-    path = str(tmp_path / "tbl")
-    deltalake.write_deltalake(path, pa.table({"id": pa.array([1], pa.int64()), "day": ["a"]}), partition_by=["day"])
-    deltalake.write_deltalake(path, pa.table({"id": pa.array([2], pa.int64()), "day": ["b"]}), mode="append")
-    register_data_source(spark)
-    activate(spark)
-    rows = spark.createDataFrame([(3, "a")], "id long, day string")
-    options = _write_options(path, mode="append", expected_version="0")  # the table is at 1 now
-    with pytest.raises(Exception) as info:
-        rows.write.format(DATA_SOURCE_NAME).options(**options).mode("append").save()
-    assert not isinstance(info.value, ScoringError)
-    err = from_spark(info.value)
+    path = _seeded(str(tmp_path / "tbl"), versions=2)
+    err = _failed_write(spark, path, (9, "d0"), mode="append", expected_version="0")  # the table is at 1
     assert type(err) is ConcurrentRunError
     assert str(err) == (
         f"output table {path!r} moved from version 0 to 1 while this run was running; another run "
