@@ -257,6 +257,7 @@ def score_rows(
     max_tokens: int = 16384,
     sort_by_length: bool = True,
     row_overhead: int = 0,
+    length_unit: str = "tokens",
     state: BackoffState | None = None,
     on_out_of_memory: Callable[[], None] | None = None,
 ) -> ScoredRows:
@@ -270,9 +271,12 @@ def score_rows(
             means every row costs 1 token (non-text models: only `max_rows` packs).
         invalid_rows: usable-row check: positional index -> error message.
         max_rows: most rows per model batch.
-        max_tokens: most padded tokens (rows x longest) per model batch.
+        max_tokens: the length budget: most padded tokens (rows x longest) per model
+            batch, or, for `length_unit` "pixels", most rows x largest decoded image.
         sort_by_length: order rows by length before packing.
         row_overhead: tokens added to every row's length when packing (not in stats).
+        length_unit: what `lengths` counts: "tokens" (counted in `real_tokens` /
+            `padded_tokens`) or "pixels" (image tasks: packs alike, not counted as tokens).
         state: OOM back-off memory shared across calls (with the cached model).
         on_out_of_memory: called after a CUDA OOM (e.g. torch.cuda.empty_cache).
 
@@ -307,7 +311,7 @@ def score_rows(
         lens = np.asarray(lengths, dtype=np.int64)[usable]
     else:
         lens = None
-    counted = lens is not None
+    counted = lens is not None and length_unit == "tokens"
     lens = (
         np.ones(len(usable), dtype=np.int64) if lens is None else np.asarray(lens, dtype=np.int64)
     )

@@ -86,13 +86,30 @@ class SourceConfig:
 class BatchConfig:
     """How rows are packed into model batches on each executor.
 
-    Rows are ordered by token length inside each Arrow batch and packed until either
-    `max_rows` rows or `max_tokens` padded tokens (rows x longest row) are reached.
+    Rows are ordered by length inside each Arrow batch (longest first) and packed until
+    `max_rows` rows or the length budget is reached. A row's length is what its task's
+    model counts (`LoadedModel.length_unit`):
+
+    * text tasks count tokens: `max_tokens` bounds the padded tokens of a batch (rows x
+      longest row), i.e. the model's input tensor; `max_pixels` is ignored;
+    * image tasks count decoded pixels (width x height of each image as stored, before
+      the model's processor resizes it): `max_pixels` bounds rows x the largest image of
+      a batch, i.e. the decoded images a batch holds in memory at once (about 3 bytes a
+      pixel as RGB, plus the processor's working copies); `max_tokens` is ignored. The
+      default (2**25, about 100 MB of RGB) fits 64 images of 512 x 1024, or 2 of 16 MP.
+
+    A single row over the budget still gets a batch of its own (the decompression-bomb
+    limit of image tasks, `model.options.max_image_pixels`, is what refuses huge images).
     """
 
     max_rows: int = field(default=64, metadata=_at_least(1))
     max_tokens: int = field(default=16384, metadata=_at_least(1))
+    max_pixels: int = field(default=2**25, metadata=_at_least(1))
     sort_by_length: bool = True
+
+    def budget(self, unit: str) -> int:
+        """The length budget for rows counted in `unit` ("tokens" or "pixels")."""
+        return self.max_pixels if unit == "pixels" else self.max_tokens
 
 
 @dataclass(frozen=True)

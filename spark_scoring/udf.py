@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_scoring import batching
 from spark_scoring.config import BatchConfig, ModelConfig
@@ -231,7 +231,8 @@ def score(df: DataFrame, spec: ModelSpec, stats: ScoringStats | None = None) -> 
     then `error` (string; null where the row scored). Lazy: nothing runs until an action.
 
     Raises:
-        SchemaDriftError: an input column is missing or (text tasks) not a string.
+        SchemaDriftError: an input column is missing, or (text tasks) not a string, or
+            (image tasks) neither binary nor a string.
         UsageError: `df` already has a column the scoring would add.
     """
     input_kind = task_spec(spec.task).input_kind
@@ -245,6 +246,12 @@ def score(df: DataFrame, spec: ModelSpec, stats: ScoringStats | None = None) -> 
             raise SchemaDriftError(
                 f"input column {col!r} is {df.schema[col].dataType.simpleString()}, but task "
                 f"{spec.task!r} scores text; choose a string column or cast it"
+            )
+        if input_kind == "image" and not isinstance(df.schema[col].dataType, (BinaryType, StringType)):
+            raise SchemaDriftError(
+                f"input column {col!r} is {df.schema[col].dataType.simpleString()}, but task "
+                f"{spec.task!r} scores images: choose a binary column of encoded images (PNG, "
+                "JPEG, WebP, ...) or a string column of image paths"
             )
     added = [*output_fields(spec), StructField(ERROR_COLUMN, StringType(), nullable=True)]
     clash = [f.name for f in added if f.name in names]
@@ -320,9 +327,10 @@ def _score_partition(
                 lengths=model.lengths,
                 invalid_rows=model.invalid_rows,
                 max_rows=spec.batch.max_rows,
-                max_tokens=spec.batch.max_tokens,
+                max_tokens=spec.batch.budget(model.length_unit),
                 sort_by_length=spec.batch.sort_by_length,
                 row_overhead=model.row_overhead,
+                length_unit=model.length_unit,
                 state=worker.backoff,
                 on_out_of_memory=worker.empty_cache,
             )

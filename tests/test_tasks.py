@@ -48,7 +48,9 @@ def _run(model, texts, max_rows, max_tokens, column="text"):
 
 
 def test_registry_lists_every_task_once():
-    assert TASK_NAMES == ("embedding", "text-classification", "text-generation", "pyfunc")
+    assert TASK_NAMES == (
+        "embedding", "text-classification", "text-generation", "image-classification", "image-embedding", "pyfunc",
+    )
     for name in TASK_NAMES:
         assert get_task(name).name == name
     with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: embedding"):
@@ -58,9 +60,12 @@ def test_registry_lists_every_task_once():
 def test_registry_entries_say_everything_about_a_task():
     assert [s.name for s in TASK_SPECS] == list(TASK_NAMES)
     assert {n: task_spec(n).input_kind for n in TASK_NAMES} == {
-        "embedding": "text", "text-classification": "text", "text-generation": "text", "pyfunc": "columns",
+        "embedding": "text", "text-classification": "text", "text-generation": "text",
+        "image-classification": "image", "image-embedding": "image", "pyfunc": "columns",
     }
-    assert [n for n in TASK_NAMES if task_spec(n).single_column] == ["embedding", "text-classification", "text-generation"]
+    assert [n for n in TASK_NAMES if task_spec(n).single_column] == [
+        "embedding", "text-classification", "text-generation", "image-classification", "image-embedding",
+    ]
     emb = task_spec("embedding")
     assert emb.flavors == ("sentence_transformers", "transformers")
     assert emb.pipeline_tasks == ("feature-extraction", "sentence-similarity")

@@ -160,16 +160,23 @@ def check_plain_directory(path: Path, kind: DirectoryKind, task: str) -> None:
 
 
 def check_architectures(path: Path, task: str) -> None:
-    """Raise `ModelError` when the `config.json` architectures in `path` do not fit `task`.
+    """Raise `ModelError` when the plain Hugging Face directory `path` does not fit `task`.
 
     The rules are the task's `hf_directory` entry: one of its architecture suffixes must
-    match, and generative models are refused where it says so. Called before registering
-    a plain Hugging Face directory (resolution leaves this to the task's own model check).
+    match the `config.json` architectures, generative models are refused where it says so,
+    and one of its `files` (an image task's image processor) must be there. Called before
+    registering a plain Hugging Face directory (resolution leaves this to the task's own
+    model check).
     """
     rule = task_spec(task).hf_directory
     if rule is None:  # check_plain_directory refuses such a directory first
         return
     archs, config = _architectures(path)
+    if rule.files and not any((path / name).is_file() for name in rule.files):
+        raise ModelError(
+            f"task {task!r} needs {rule.needs}; {path} has no {' or '.join(rule.files)}: save "
+            "the model's processor next to it (processor.save_pretrained(dir))"
+        )
     if rule.architectures and not any(a.endswith(rule.architectures) for a in archs):
         raise ModelError(f"task {task!r} needs {rule.needs}; {path} has architectures {archs}")
     if rule.refuse_generative and is_generative(archs, config):

@@ -114,21 +114,31 @@ def _save_transformers(path: Path, task: str, dst: Path, mlflow_model: Any) -> N
     import mlflow
     import transformers
 
-    pipeline_task = task_spec(task).hf_directory.log_as  # _check_task_matches made sure it has one
-    pipe = transformers.pipeline(pipeline_task, model=str(path), tokenizer=str(path), device="cpu")
+    spec = task_spec(task)
+    pipeline_task = spec.hf_directory.log_as  # _check_task_matches made sure it has one
     kwargs: dict[str, Any] = {}
+    if spec.input_kind == "image":
+        # The pipeline loads the image processor with the model. No input example: MLflow
+        # would run it through the pipeline, and the image-feature-extraction pipeline
+        # cannot run a CLIP model (its forward wants text too); MLflow's default
+        # signature for the pipeline task applies where it has one.
+        pipe = transformers.pipeline(pipeline_task, model=str(path), device="cpu")
+        requirements = _pip_requirements("transformers", "torch", "pillow")
+    else:
+        pipe = transformers.pipeline(pipeline_task, model=str(path), tokenizer=str(path), device="cpu")
+        # The signature is inferred by MLflow from the example by running the pipeline
+        # once, which also proves the model works before it is registered.
+        kwargs["input_example"] = _EXAMPLE_TEXT
+        requirements = _pip_requirements("transformers", "torch")
     card = _model_card(path)
     if card is not None:
         kwargs["model_card"] = card
-    # The signature is inferred by MLflow from the example by running the pipeline once,
-    # which also proves the model works before it is registered.
     mlflow.transformers.save_model(
         transformers_model=pipe,
         path=str(dst),
         mlflow_model=mlflow_model,
         task=pipeline_task,
-        input_example=_EXAMPLE_TEXT,
-        pip_requirements=_pip_requirements("transformers", "torch"),
+        pip_requirements=requirements,
         **kwargs,
     )
 

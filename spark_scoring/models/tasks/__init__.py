@@ -44,12 +44,15 @@ class HfDirectory:
         architectures: `config.json` architecture suffixes of which one must match, e.g.
             ("ForSequenceClassification",); empty: any architecture.
         refuse_generative: refuse generative models (causal LM, LM head, encoder-decoder).
+        files: files of which the directory must hold one besides `config.json`, e.g. the
+            image processor's ("preprocessor_config.json",); empty: none.
     """
 
     log_as: str
     needs: str
     architectures: tuple[str, ...] = ()
     refuse_generative: bool = False
+    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class TaskSpec:
         return getattr(importlib.import_module(module_name), class_name)
 
 
+#: Where `save_pretrained` puts a model's image processor (processors that bundle a
+#: tokenizer, such as CLIPProcessor, write `processor_config.json` in transformers 5).
+_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
 _SPECS: tuple[TaskSpec, ...] = (
     TaskSpec(
         name="embedding",
@@ -134,6 +141,35 @@ _SPECS: tuple[TaskSpec, ...] = (
             log_as="text-generation",
             needs="a causal language model (architectures like 'GPT2LMHeadModel' or '...ForCausalLM')",
             architectures=("ForCausalLM", "LMHeadModel"),
+        ),
+    ),
+    TaskSpec(
+        name="image-classification",
+        target="spark_scoring.models.tasks.image_classification:ImageClassificationTask",
+        input_kind="image",
+        flavors=("transformers",),
+        pipeline_tasks=("image-classification",),
+        hf_directory=HfDirectory(
+            log_as="image-classification",
+            needs=(
+                "an image-classification model (config.json architectures like "
+                "'ViTForImageClassification') saved with its image processor"
+            ),
+            architectures=("ForImageClassification", "ForImageClassificationWithTeacher"),
+            files=_IMAGE_PROCESSOR_FILES,
+        ),
+    ),
+    TaskSpec(
+        name="image-embedding",
+        target="spark_scoring.models.tasks.image_embedding:ImageEmbeddingTask",
+        input_kind="image",
+        flavors=("transformers",),
+        pipeline_tasks=("image-feature-extraction", "zero-shot-image-classification"),
+        hf_directory=HfDirectory(
+            log_as="image-feature-extraction",
+            needs="a vision encoder or CLIP-style model saved with its image processor",
+            refuse_generative=True,
+            files=_IMAGE_PROCESSOR_FILES,
         ),
     ),
     TaskSpec(

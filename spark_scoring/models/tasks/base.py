@@ -68,10 +68,14 @@ class LoadedModel(ABC):
         outputs: output column name -> OutputKind, in output order.
         row_overhead: tokens each row costs on top of its input length when packing
             (text-generation adds `max_new_tokens`: the KV cache grows with them).
+        length_unit: what `lengths` counts: "tokens" (packed under `model.batch.max_tokens`,
+            counted in the padding statistics) or "pixels" (image tasks: decoded width x
+            height, packed under `model.batch.max_pixels`).
     """
 
     outputs: Mapping[str, OutputKind]
     row_overhead: int = 0
+    length_unit: str = "tokens"
 
     def invalid_rows(self, inputs: pd.DataFrame) -> dict[int, str]:
         """Rows that cannot be scored at all (positional index -> error message).
@@ -87,7 +91,7 @@ class LoadedModel(ABC):
         return problems
 
     def lengths(self, inputs: pd.DataFrame) -> np.ndarray | None:
-        """Token length of every row (truncated to the model limit), or None for non-text models.
+        """Length of every row in `length_unit` (tokens truncated to the model limit), or None.
 
         Only called with usable rows. Used for packing; predictions never depend on it.
         """
