@@ -33,6 +33,11 @@ MAVEN_CENTRAL = "https://repo.maven.apache.org/maven2"
 SCALA_BINARY = "2.13"
 #: The Delta version whose jars match the installed Python API when it cannot be read.
 FALLBACK_DELTA_VERSION = "4.4.0"
+#: What a session needs besides the jars (set when the session starts; static confs).
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+#: A class of the connector: when it loads, the connector is on the classpath.
+DELTA_CLASS = "io.delta.tables.DeltaTable"
 _ARTIFACTS = (f"delta-spark_{SCALA_BINARY}", "delta-storage")
 
 #: What to run to get the jars (quoted in error messages).

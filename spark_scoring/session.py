@@ -25,7 +25,13 @@ from pyspark.sql import SparkSession
 
 from spark_scoring.config import SparkConfig
 from spark_scoring.errors import UsageError
-from spark_scoring.jars import find_delta_jars, missing_jars_message
+from spark_scoring.jars import (
+    DELTA_CATALOG,
+    DELTA_CLASS,
+    DELTA_EXTENSION,
+    find_delta_jars,
+    missing_jars_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +47,6 @@ DEFAULT_CONF: Mapping[str, str] = {
     "spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled": "true",
 }
 
-DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
-DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-_DELTA_CLASS = "io.delta.tables.DeltaTable"
 
 
 def get_spark(
@@ -157,7 +160,7 @@ def _jvm_has_delta() -> bool:
     if jvm is None:
         return False
     try:
-        jvm.java.lang.Class.forName(_DELTA_CLASS, False, jvm.Thread.currentThread().getContextClassLoader())
+        jvm.java.lang.Class.forName(DELTA_CLASS, False, jvm.Thread.currentThread().getContextClassLoader())
         return True
     except Exception:  # noqa: BLE001 - any failure means: not loadable
         return False

@@ -15,15 +15,42 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 REPO = Path(__file__).resolve().parents[1]
+# The session catalog's warehouse (catalog-name tables) lives outside the repository.
+_WAREHOUSE = Path(os.environ.get("PYTEST_WAREHOUSE", f"/tmp/spark-scoring-tests-{os.getpid()}")) / "warehouse"
+
+
+def delta_jars():
+    """The Delta Lake connector jars `make install` fetched, or None (then the delta-spark
+    tests skip, except in CI, where missing jars fail the run: CI must test both engines)."""
+    from spark_scoring.jars import find_delta_jars, missing_jars_message
+
+    jars = find_delta_jars()
+    if jars is None and os.environ.get("CI"):
+        pytest.exit(f"CI: the Delta Lake jars are not installed; {missing_jars_message()}", returncode=3)
+    return jars
 
 
 @pytest.fixture(scope="session")
 def spark():
-    """The one local SparkSession every Spark test shares (starting one takes ~7 s)."""
+    """The one local SparkSession every Spark test shares (starting one takes ~7 s).
+
+    It carries the Delta Lake connector (jars, SQL extension, catalog) when the jars are
+    installed, so both lakehouse engines run in it.
+    """
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    jars = delta_jars()
+    if jars:
+        builder = (
+            builder.config("spark.jars", ",".join(map(str, jars)))
+            .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+            .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+            .config("spark.sql.warehouse.dir", str(_WAREHOUSE))
+            .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={_WAREHOUSE}")
+        )
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("spark-scoring-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "2")

@@ -1,4 +1,4 @@
-"""delta-rs backend specifics: engine choice, file layout and stats, task planning, failures.
+"""delta-rs backend specifics: file layout and stats, task planning, failures.
 
 The shared behaviour of both backends is in test_lakehouse_contract.py.
 """
@@ -6,7 +6,6 @@ The shared behaviour of both backends is in test_lakehouse_contract.py.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 from pyspark.sql import functions as F
 
 from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError
-from spark_scoring.lakehouse import delta_jars_available, open_lakehouse
 from spark_scoring.lakehouse.delta_rs import DeltaRsLakehouse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,22 +60,7 @@ def _disk_paths(table: str) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*.parquet") if "_delta_log" not in p.parts}
 
 
-# --------------------------------------------------------------------------- engine choice
-
-
-def test_auto_picks_delta_rs_here_and_logs_the_choice(spark, caplog):
-    caplog.set_level(logging.INFO, logger="spark_scoring.lakehouse")
-    assert not delta_jars_available(spark)
-    lake = open_lakehouse(spark)
-    assert lake.engine == "delta-rs" and isinstance(lake, DeltaRsLakehouse)
-    assert any("auto -> delta-rs" in r.getMessage() for r in caplog.records if r.name == "spark_scoring.lakehouse")
-
-
-def test_delta_spark_without_jars_says_how_to_fix(spark):
-    with pytest.raises(LakehouseError, match=r"jars.*spark\.jars\.packages=io\.delta:delta-spark_2\.13:4.*engine 'delta-rs'"):
-        open_lakehouse(spark, "delta-spark")
-    with pytest.raises(LakehouseError, match="unknown"):
-        open_lakehouse(spark, "iceberg")
+# --------------------------------------------------------------------------- catalog names
 
 
 def test_catalog_names_need_the_jvm_connector(lake, spark):

@@ -18,7 +18,8 @@ from typing import Literal
 
 from pyspark.sql import SparkSession
 
-from spark_scoring.errors import LakehouseError
+from spark_scoring.errors import LakehouseError, UsageError
+from spark_scoring.jars import DELTA_CATALOG, DELTA_CLASS, DELTA_EXTENSION, missing_jars_message
 from spark_scoring.lakehouse.base import CommitInfo, FileEntry, Lakehouse, WriteResult
 
 __all__ = [
@@ -43,7 +44,7 @@ def delta_jars_available(spark: SparkSession) -> bool:
         if jvm is None:  # Spark Connect has no py4j gateway
             return False
         loader = jvm.Thread.currentThread().getContextClassLoader()
-        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable", True, loader)
+        jvm.java.lang.Class.forName(DELTA_CLASS, True, loader)
         return True
     except Exception:  # any failure to load the class means: no usable connector
         return False
@@ -72,13 +73,12 @@ def open_lakehouse(spark: SparkSession, engine: Engine | str = "auto") -> Lakeho
     else:
         chosen = engine
         if chosen == "delta-spark" and not delta_jars_available(spark):
-            raise LakehouseError(
-                "lakehouse engine 'delta-spark' needs the Delta Lake jars on the Spark classpath, "
-                "and io.delta.tables.DeltaTable does not load in this session. Start Spark with "
-                "spark.jars.packages=io.delta:delta-spark_2.13:4.0.0 (or a later 4.x; plus "
-                "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension and "
-                "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog), "
-                "or use engine 'delta-rs' for table paths."
+            raise UsageError(
+                "lakehouse engine 'delta-spark' needs the Delta Lake JVM connector, and "
+                "io.delta.tables.DeltaTable does not load in this session: "
+                f"{missing_jars_message()} (plus spark.sql.extensions={DELTA_EXTENSION} and "
+                f"spark.sql.catalog.spark_catalog={DELTA_CATALOG}, which spark-scoring sets for "
+                "sessions it starts); or use engine 'delta-rs' for table paths."
             )
         log.info("lakehouse engine %s", chosen)
     if chosen == "delta-spark":
