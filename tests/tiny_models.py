@@ -249,6 +249,122 @@ def build_pyfunc(dest: Path, unnamed: bool = False) -> str:
     return str(dest)
 
 
+#: Labels of the tiny ViT image classifier.
+IMAGE_LABELS = {0: "cat", 1: "dog", 2: "bird"}
+#: Input side of the tiny vision models (their processors resize every image to it).
+TINY_IMAGE_SIZE = 32
+
+
+def _vision_layers() -> dict:
+    return {
+        "image_size": TINY_IMAGE_SIZE,
+        "patch_size": 8,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+
+
+def build_vit_classifier(dest: Path) -> str:
+    """ViTForImageClassification (3 classes) with its ViTImageProcessor (resize to 32 x 32)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(6)
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = ViTConfig(
+        **_vision_layers(),
+        intermediate_size=32,
+        num_labels=3,
+        id2label=dict(IMAGE_LABELS),
+        label2id={v: k for k, v in IMAGE_LABELS.items()},
+    )
+    model = ViTForImageClassification(cfg).eval()
+    with torch.no_grad():
+        # A random ViT's CLS features share one large common part, so a random head gives
+        # every image the same label: centre the head on the features of random images
+        # (pixels in the processor's [-1, 1] range) and sharpen it.
+        probe = torch.rand(16, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+        centre = model.vit(pixel_values=probe * 2 - 1).last_hidden_state[:, 0].mean(dim=0)
+        model.classifier.weight.mul_(20.0)
+        model.classifier.bias.copy_(-(model.classifier.weight @ centre))
+    model.save_pretrained(dest)
+    ViTImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(dest)
+    return str(dest)
+
+
+def build_clip(dest: Path, with_tokenizer: bool = False) -> str:
+    """CLIPModel (projection 12) with its CLIPImageProcessor (resize + centre crop to 32).
+
+    `with_tokenizer` saves a whole CLIPProcessor (image processor + a small BPE tokenizer),
+    which transformers 5 writes as `processor_config.json` instead of
+    `preprocessor_config.json`.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(7)
+    dest.mkdir(parents=True, exist_ok=True)
+    tok = _bpe_tokenizer()
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": TINY_MAX_POSITIONS,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id or 0,
+    }
+    vision = {**_vision_layers(), "intermediate_size": 32}
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)).eval().save_pretrained(dest)
+    images = CLIPImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+    )
+    if with_tokenizer:
+        CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(dest)
+    else:
+        images.save_pretrained(dest)
+    return str(dest)
+
+
+def build_dinov2(dest: Path) -> str:
+    """Dinov2Model (a vision encoder whose pooler_output is the normed CLS token)."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(8)
+    dest.mkdir(parents=True, exist_ok=True)
+    Dinov2Model(Dinov2Config(**_vision_layers(), mlp_ratio=2)).eval().save_pretrained(dest)
+    BitImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+    ).save_pretrained(dest)
+    return str(dest)
+
+
+@dataclass(frozen=True)
+class TinyImageModels:
+    """Directories of the tiny vision models."""
+
+    vit_classifier: str  # ViTForImageClassification: cat / dog / bird
+    clip: str  # CLIPModel + preprocessor_config.json
+    clip_processor: str  # CLIPModel + a whole CLIPProcessor (processor_config.json)
+    dinov2: str  # Dinov2Model: pooler_output
+
+
+def build_image_models(root: Path) -> TinyImageModels:
+    """Every tiny vision model, under `root` (about a second)."""
+    return TinyImageModels(
+        vit_classifier=build_vit_classifier(root / "vit_classifier"),
+        clip=build_clip(root / "clip"),
+        clip_processor=build_clip(root / "clip_processor", with_tokenizer=True),
+        dinov2=build_dinov2(root / "dinov2"),
+    )
+
+
 def build_all(root: Path) -> TinyModels:
     root.mkdir(parents=True, exist_ok=True)
     bert = build_bert_mean(root / "bert_mean")

@@ -59,7 +59,7 @@ class VersionComparison:
     (a sample when a version holds more than `max_values` rows).
 
     Attributes:
-        label_mix: text-classification tables: one row per label with `count_old`,
+        label_mix: classification tables (text or image): one row per label with `count_old`,
             `count_new`, `share_old`, `share_new`, `share_change` (None for other tasks).
         by_partition: one row per partition: `rows_old`, `rows_new`, `added`, `removed`,
             `rescored`, `unchanged`, `failed_old`, `failed_new`, `mean_old`, `mean_new`,
