@@ -2,8 +2,8 @@
 
 `RunTracker` records one scoring run: params, metrics, tags, the resolved config, a run
 report and a score distribution plot. A run that raises ends FAILED with the reason.
-`render_report_markdown` and `render_distribution_png` are the pure renderers behind the
-report and the plot. (Registering models lives in `spark_scoring.models.register`.)
+`render_report_markdown` is the pure renderer behind the report; the plot is drawn by
+`spark_scoring.plots`. (Registering models lives in `spark_scoring.models.register`.)
 
 Everything talks to MLflow through an explicit `MlflowClient` (`spark_scoring.mlflow_env`),
 so a run never depends on (or leaks) the fluent API's "active run" or MLflow's
@@ -34,6 +34,7 @@ from spark_scoring.mlflow_env import (
     make_client,
     quiet_mlflow,
 )
+from spark_scoring.plots import render_distribution_png
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -324,36 +325,3 @@ def render_report_markdown(report: Mapping[str, Any], job: str = "", run_id: str
         elif isinstance(value, (list, tuple)):
             lines += [f"## {key}", "", *(f"- {_fmt(v)}" for v in value), ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def render_distribution_png(values: Any, kind: str, title: str) -> bytes:
-    """A labelled histogram as PNG bytes (Agg canvas; never touches pyplot's global state)."""
-    import io
-
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    arr = np.asarray(values, dtype="float64")
-    if kind == "embedding_norm" and arr.ndim == 2:
-        arr = np.linalg.norm(arr, axis=1)
-    arr = arr.ravel()
-    arr = arr[np.isfinite(arr)]
-    fig = Figure(figsize=(7, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    xlabel = "score" if kind == "score" else "embedding L2 norm"
-    if arr.size:
-        bins = min(50, max(5, int(np.sqrt(arr.size))))
-        ax.hist(arr, bins=bins, color="#3b75af", edgecolor="white")
-        ax.axvline(float(np.median(arr)), color="#c44e52", linestyle="--", label=f"median {np.median(arr):.4g}")
-        ax.legend(loc="upper left")
-    else:
-        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("rows")
-    ax.set_title(f"{title}  [n={arr.size:,}]", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

@@ -14,7 +14,8 @@ import yaml
 from spark_scoring.config import JobConfig, MlflowConfig, ModelConfig, OutputConfig, SourceConfig
 from spark_scoring.errors import TrackingError
 from spark_scoring.mlflow_env import default_tracking_uri, store_resolves_logged_models
-from spark_scoring.tracking import RunTracker, render_distribution_png, render_report_markdown
+from spark_scoring.plots import render_distribution_png
+from spark_scoring.tracking import RunTracker, render_report_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
