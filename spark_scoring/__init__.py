@@ -22,7 +22,7 @@ _EXPORTS = {
     "run": "spark_scoring.pipeline",
     "backfill": "spark_scoring.pipeline",
     "status": "spark_scoring.pipeline",
-    "RunResult": "spark_scoring.pipeline",
+    "RunResult": "spark_scoring.report",
     "register_model": "spark_scoring.models.register",
     "resolve_model": "spark_scoring.models.resolve",
     "open_lakehouse": "spark_scoring.lakehouse",

@@ -26,26 +26,22 @@ from typing import Any, Literal
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from spark_scoring.contract import INPUT_HASH, MODE_RUN, NIGHTLY_MODES, CommitRecord
 from spark_scoring.errors import HistoryGapError, ScoringError
 from spark_scoring.lakehouse.base import CommitInfo, Lakehouse
 
 log = logging.getLogger(__name__)
 
-#: Prefix of every commit-metadata key spark-scoring writes.
-META = "spark_scoring."
-INPUT_HASH = "input_hash"
-LINEAGE_COLUMNS = ("model_uri", "model_version", "run_id", "scored_at", "source_version")
-
 PlanKind = Literal["full", "incremental", "nothing", "backfill"]
 Partition = Mapping[str, "str | None"]
 
 
-def model_identity(model_id: str, options: Mapping[str, Any], precision: str) -> str:
+def model_identity(model_hash: str, options: Mapping[str, Any], precision: str) -> str:
     """Everything that changes predictions: the resolved model, its task options, precision.
 
     Batch settings are left out on purpose: predictions do not depend on packing.
     """
-    blob = json.dumps({"model": model_id, "options": dict(options), "precision": precision}, sort_keys=True, default=str)
+    blob = json.dumps({"model": model_hash, "options": dict(options), "precision": precision}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -59,11 +55,11 @@ def input_hash(columns: Sequence[str]) -> Column:
     return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
 
 
-def last_job_commit(history: Sequence[CommitInfo], job: str, modes: Sequence[str] = ("run", "full-refresh")) -> CommitInfo | None:
+def last_job_commit(history: Sequence[CommitInfo], job: str, modes: Sequence[str] = NIGHTLY_MODES) -> CommitInfo | None:
     """The newest commit a nightly run (not a backfill) of `job` made."""
     for commit in history:
-        meta = commit.metadata
-        if meta.get(META + "job") == job and meta.get(META + "mode") in modes:
+        record = CommitRecord.from_metadata(commit.metadata)
+        if record is not None and record.job == job and record.mode in modes:
             return commit
     return None
 
@@ -81,6 +77,9 @@ class Plan:
         source_version: the pinned source version.
         output_version: the output version the plan was made against (None: no table).
         reason: one line a person can read.
+        mode: the commit's mode (`contract.MODE_*`): run, full-refresh or backfill.
+        record_watermark: whether the commit records the watermark (nightly runs do, unless
+            the version is already recorded; backfills never do).
     """
 
     kind: PlanKind
@@ -89,6 +88,8 @@ class Plan:
     since_version: int | None = None
     partitions: tuple[Partition, ...] | None = None
     reason: str = ""
+    mode: str = MODE_RUN
+    record_watermark: bool = True
 
     @property
     def write_mode(self) -> str:
@@ -161,7 +162,8 @@ def make_plan(
 ) -> Plan:
     """Decide what a nightly run does. Pure planning: reads only Delta logs, no rows."""
     base = {"source_version": source_version, "output_version": output_version}
-    recorded_id = previous.metadata.get(META + "source_table_id") if previous is not None else None
+    last = CommitRecord.from_metadata(previous.metadata) if previous is not None else None
+    recorded_id = last.source_table_id if last is not None else None
     if not full_refresh and output_exists and recorded_id and source_table_id and recorded_id != source_table_id:
         raise HistoryGapError(
             f"source table {source_table!r} was recreated since the last run (table id {recorded_id} "
@@ -175,12 +177,12 @@ def make_plan(
     if previous is None and watermark is None:
         return Plan("full", reason="no earlier nightly run of this job on the output table: scoring every row", **base)
 
-    old_identity = previous.metadata.get(META + "model_identity") if previous is not None else identity
+    old_identity = last.model_identity if last is not None else identity
     if old_identity != identity:
         # The last nightly run used another model identity. A watermark recorded under the
         # current identity (if any) is stale: other models scored rows since then.
-        assert previous is not None  # invariant: old_identity came from it
-        old_uri = previous.metadata.get(META + "model_uri", "?")
+        assert last is not None  # invariant: old_identity came from it
+        old_uri = last.model_uri or "?"
         if on_change == "fail":
             raise ScoringError(
                 f"the model changed since the last run (was {old_uri} [{old_identity}], now [{identity}]) "
@@ -190,14 +192,14 @@ def make_plan(
             )
         if on_change == "rescore":
             return Plan("full", reason=f"model changed (was {old_uri}): rescoring every row (model.on_change=rescore)", **base)
-        since = as_int(previous.metadata.get(META + "source_version"))
+        since = last.source_version
         if since is None:
             return Plan("full", reason="model changed and the last run's source version is unknown: scoring every row", **base)
     elif watermark is not None:
         since = watermark
     else:
-        assert previous is not None  # invariant: both None returned above
-        since = as_int(previous.metadata.get(META + "source_version"))
+        assert last is not None  # invariant: both None returned above
+        since = last.source_version
         if since is None:
             return Plan("full", reason="the last run's source version is unknown: scoring every row", **base)
 
@@ -229,14 +231,6 @@ def make_plan(
         reason=f"{len(parts)} partition(s) changed in source versions {since + 1}..{source_version}",
         **base,
     )
-
-
-def as_int(value: Any) -> int | None:
-    """int(value), or None for a missing or malformed value (commit metadata is all strings)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def split_rows(

@@ -1,0 +1,123 @@
+"""The run context: what every phase of a run needs, made once at its start.
+
+`open_run` starts (or joins) the Spark session, opens the lakehouse, pins the source
+version, checks the source schema against the config, looks at the output table, and
+resolves the model once (an alias stays pinned for the whole run). The `RunContext` it
+returns is frozen: run, backfill and status all read the same values, and nothing later
+in the run can see another source version or another model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+
+from spark_scoring import checks
+from spark_scoring import incremental as inc
+from spark_scoring.config import JobConfig
+from spark_scoring.lakehouse import Lakehouse, open_lakehouse
+from spark_scoring.models.resolve import ResolvedModel, resolve_model
+from spark_scoring.session import get_spark
+
+log = logging.getLogger(__name__)
+
+
+class Phases:
+    """Wall-clock seconds per named phase of a run (a phase may be entered several times)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t0 = time.monotonic()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block under `name` (added to earlier time of the same phase)."""
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - t, 3)
+
+    def total(self) -> dict[str, float]:
+        """Every phase plus `total`, the seconds since the run started."""
+        return {**self.seconds, "total": round(time.monotonic() - self._t0, 3)}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run's fixed facts.
+
+    Attributes:
+        cfg: the job config.
+        spark: the session every Spark job of the run uses.
+        lake: the lakehouse backend.
+        source_version: the pinned source version.
+        source_table_id: the source's Delta table id.
+        output_exists: whether the output table exists.
+        output_version: its version when the run planned (None: no table yet).
+        model: the resolved, pinned model.
+        identity: the model identity (see `incremental.model_identity`).
+        app_id: the SetTransaction app id holding the job's watermark for this identity.
+        phases: the run's phase timers.
+    """
+
+    cfg: JobConfig
+    spark: SparkSession
+    lake: Lakehouse
+    source_version: int
+    source_table_id: str
+    output_exists: bool
+    output_version: int | None
+    model: ResolvedModel
+    identity: str
+    app_id: str
+    phases: Phases = field(default_factory=Phases, compare=False)
+
+
+def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases | None = None) -> RunContext:
+    """Build the `RunContext` for one run of `cfg` (see the module docstring).
+
+    Raises:
+        SchemaDriftError: the source does not have the columns and types the config names.
+        UsageError: the session cannot be made for the configured lakehouse engine.
+        ModelError / TrackingError: the model cannot be resolved.
+    """
+    phases = phases or Phases()
+    with phases.phase("plan"):
+        spark = spark or get_spark(cfg.spark, app_name=cfg.name, engine=cfg.lakehouse.engine)
+        lake = open_lakehouse(spark, cfg.lakehouse.engine)
+        source_version = lake.latest_version(cfg.source.table)  # pinned for the whole run
+        source_table_id = lake.table_id(cfg.source.table)
+        checks.check_source_schema(
+            cfg, lake.schema(cfg.source.table, source_version), lake.partition_columns(cfg.source.table, source_version)
+        )
+        output_exists = lake.exists(cfg.output.table)
+        output_version = lake.latest_version(cfg.output.table) if output_exists else None
+    log.info(
+        "source %s at version %d; output %s %s; lakehouse engine %s",
+        cfg.source.table, source_version, cfg.output.table,
+        f"at version {output_version}" if output_exists else "(new)", lake.engine,
+    )
+    with phases.phase("load"):
+        model = resolve_model(
+            cfg.model.uri, task=cfg.model.task, tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.registry_uri
+        )
+    identity = inc.model_identity(model.model_hash, cfg.model.options, cfg.model.precision)
+    return RunContext(
+        cfg=cfg,
+        spark=spark,
+        lake=lake,
+        source_version=source_version,
+        source_table_id=source_table_id,
+        output_exists=output_exists,
+        output_version=output_version,
+        model=model,
+        identity=identity,
+        app_id=inc.app_id(cfg.name, identity),
+        phases=phases,
+    )
