@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ def job_config(tmp_path: Path, model_dir: str, **overrides: Any) -> JobConfig:
         "errors": {"max_error_rate": 0.5},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tests"},
         "run": {"progress": False},
+        # The engine the pipeline tests run on unless a test says otherwise.
+        "lakehouse": {"engine": os.environ.get("SPARK_SCORING_TEST_ENGINE", "delta-rs")},
     }
     for dotted, value in overrides.items():
         node = raw
