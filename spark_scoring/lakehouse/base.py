@@ -26,6 +26,7 @@ from pyspark.sql.types import StructType
 
 from spark_scoring.errors import ConcurrentRunError, LakehouseError
 from spark_scoring.lakehouse import _partitions as parts
+from spark_scoring.lakehouse.deltalog import Changes, DeltaLog
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
@@ -54,8 +55,8 @@ def parse_user_metadata(user: Any) -> dict[str, Any]:
 
 
 PartitionValues = Mapping[str, "str | None"]
-WriteMode = Literal["append", "overwrite", "replace_partitions"]
-WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "replace_partitions")
+WriteMode = Literal["append", "overwrite", "replace_partitions", "upsert"]
+WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "replace_partitions", "upsert")
 
 _CATALOG_NAME_RE = re.compile(r"^`?[A-Za-z_][\w-]*`?(\.`?[A-Za-z_][\w-]*`?){1,2}$")
 
@@ -98,6 +99,9 @@ class WriteResult:
     version: int | None  # None when the write was skipped (idempotent replay)
     files_added: int = 0
     rows_written: int | None = None
+    files_removed: int = 0
+    bytes_added: int = 0
+    bytes_removed: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ class WriteRequest:
             reserve, string values).
         partition_columns: the partition columns of the table after the write: the
             existing table's, or `partition_by` when the write creates or overwrites it.
+        key: the row key of "upsert".
+        deletes: "upsert" only: the rows (key and partition columns) whose keys leave the
+            table, or None.
     """
 
     df: DataFrame
@@ -125,6 +132,8 @@ class WriteRequest:
     txn_version: int | None
     metadata: dict[str, str]
     partition_columns: tuple[str, ...]
+    key: str | None = None
+    deletes: DataFrame | None = None
 
     @property
     def table_exists(self) -> bool:
@@ -146,6 +155,25 @@ class Lakehouse(ABC):
 
     def __init__(self, spark: SparkSession):
         self.spark = spark
+
+    # -- the Delta log -------------------------------------------------------------------
+
+    def location(self, table: str) -> str:
+        """The root path or URI of `table` (a catalog name resolved to its storage location)."""
+        raise NotImplementedError
+
+    def log(self, table: str) -> DeltaLog:
+        """The table's Delta log, read directly (`spark_scoring.lakehouse.deltalog`)."""
+        return DeltaLog(self.location(table), table=table)
+
+    def changes(self, table: str, since: int, until: int) -> Changes:
+        """The net file changes from version `since` (excluded) to `until` (included),
+        from the log's commit files only (cost grows with the change, not the table).
+
+        Raises:
+            MissingLogError: a commit of the range is gone from the log.
+        """
+        return self.log(table).changes(since, until)
 
     @abstractmethod
     def exists(self, table: str) -> bool:
@@ -205,13 +233,22 @@ class Lakehouse(ABC):
         app_id: str | None = None,
         txn_version: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        deletes: DataFrame | None = None,
     ) -> WriteResult:
         """Write `df` in ONE atomic Delta commit.
 
         Args:
             mode: "append"; "overwrite" (replace the whole table, schema included);
                 "replace_partitions" (remove exactly the files of `partitions`, add the new
-                rows, which must all fall inside `partitions`).
+                rows, which must all fall inside `partitions`); "upsert" (by `key`: the
+                table's rows whose key is in `df` or in `deletes` leave it, the rows of
+                `df` enter it; every other row stays where it is. The engine rewrites only
+                the files holding such keys (copy-on-write), or marks them with deletion
+                vectors where the table has them enabled (merge-on-read, JVM engine)).
+            key: the row key column ("upsert" only; keys are unique in the table and in df).
+            deletes: "upsert" only: rows with the key (and partition columns, when the
+                table has them) of rows to remove; None: remove none.
             partition_by: partition columns when the table is created by this write.
             partitions: the partitions replaced by "replace_partitions".
             expected_version: the table version the caller planned against (None: the table
@@ -233,6 +270,8 @@ class Lakehouse(ABC):
         ):
             return WriteResult(version=None)
         request = WriteRequest(
+            key=key,
+            deletes=deletes,
             df=df,
             table=table,
             mode=mode,
