@@ -24,14 +24,17 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from spark_scoring.contract import FIXED_COLUMNS
 from spark_scoring.errors import ConfigError
 from spark_scoring.models.tasks import (  # a light module: the standard library only
     TASK_NAMES,
     TASK_SPECS,
+    get_task,
     or_list,
     task_option_problems,
     task_spec,
 )
+from spark_scoring.tableref import normalise, overlap
 
 Engine = Literal["auto", "delta-spark", "delta-rs"]
 # The allowed `model.task` values are the task registry's names, never a list kept here.
@@ -429,8 +432,7 @@ def _join(path: str, key: str) -> str:
 def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
     """Cross-field rules that types alone cannot express."""
     src, model = cfg.source, cfg.model
-    if src.table.rstrip("/") == cfg.output.table.rstrip("/"):
-        problems.append("output.table: must differ from source.table (scoring never rewrites its input)")
+    problems.extend(_table_problems(cfg))
     if not model.input:
         problems.append("model.input: give at least one input column")
     spec = task_spec(model.task)  # model.task is one of TASK_NAMES once the config is built
@@ -452,3 +454,95 @@ def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
     if len(set(src.partition_by)) != len(src.partition_by):
         problems.append(f"source.partition_by: duplicate columns in {list(src.partition_by)}")
     problems.extend(task_option_problems(model.task, dict(model.options)))
+    problems.extend(output_name_problems(cfg, _task_outputs(model.task, dict(model.options))))
+
+
+#: (config key, what writing there would do to the other table), for each pair of tables
+#: of a job where the first is written: the output and the quarantine never overlap the
+#: source (or each other).
+_WRITTEN_TABLES = (
+    ("output.table", "source.table"),
+    ("errors.quarantine_table", "source.table"),
+    ("errors.quarantine_table", "output.table"),
+)
+
+
+def _table_problems(cfg: JobConfig) -> list[str]:
+    """The written tables (output, quarantine) must be apart from the source and each other.
+
+    Compared after normalising (`spark_scoring.tableref`): another spelling of one folder
+    (`./`, `..`, a trailing slash, `file://`, a symlink) is the same table, and a table
+    inside another's folder overlaps it (a VACUUM or an overwrite of the outer table would
+    delete the inner one's files). A catalog name and a path are compared by the lakehouse
+    once the session has resolved the name's location.
+    """
+    tables = {
+        "source.table": cfg.source.table,
+        "output.table": cfg.output.table,
+        "errors.quarantine_table": cfg.errors.quarantine_table,
+    }
+    problems = []
+    for written, other in _WRITTEN_TABLES:
+        a, b = tables[written], tables[other]
+        if not a or not b:
+            continue
+        how = overlap(a, b)
+        if how is None:
+            continue
+        where = normalise(a).location
+        if how == "same":
+            what = f"is the same table as {other} {b!r} (both are {where})"
+        elif how == "inside":
+            what = (f"lies inside the folder of {other} {b!r} ({where}), so a VACUUM or an overwrite "
+                    f"of {other} would delete its files")
+        else:
+            what = (f"is a folder that holds {other} {b!r} ({normalise(b).location}), so writing "
+                    f"{written} would delete or corrupt that table's files")
+        problems.append(
+            f"{written}: {a!r} {what}; scoring never writes into its input or mixes its tables: "
+            f"give {written} its own location, outside the folders of the other tables"
+        )
+    return problems
+
+
+def _task_outputs(task: str, options: Mapping[str, Any]) -> list[str] | None:
+    """The output columns of `task` with these options, from the task registry; None when
+    they come from the model itself (a python_function model's signature), known only once
+    the model resolves."""
+    if task not in TASK_NAMES or "python_function" in task_spec(task).flavors:
+        return None
+    try:
+        return [f.name for f in get_task(task).output_fields("", options)]
+    except Exception:  # noqa: BLE001 - bad options are reported by task_option_problems
+        return None
+
+
+def output_name_problems(cfg: JobConfig, task_outputs: Sequence[str] | None) -> list[str]:
+    """Source columns the job copies or reads that clash with a column the job writes.
+
+    The key, partition and passthrough columns are copied into the output, which also holds
+    `contract.FIXED_COLUMNS` (`error`, the lineage columns, `input_hash`) and the task's
+    output columns; the model inputs travel next to them while scoring and into the
+    quarantine table. Column names compare case-insensitively, as Spark and Delta do.
+
+    Args:
+        cfg: the job config.
+        task_outputs: the task's output columns (None: not known yet; only the fixed
+            columns are checked). For a pyfunc model, call this again with its signature's
+            outputs once the model has resolved.
+    """
+    written = {c.lower(): f"the {c!r} column spark-scoring writes into every output row"
+               for c in FIXED_COLUMNS}
+    for c in task_outputs or ():
+        written.setdefault(c.lower(), f"the {c!r} output column of task {cfg.model.task!r}")
+    used = [("source.key", cfg.source.key), *(("source.partition_by", c) for c in cfg.source.partition_by),
+            *(("source.passthrough", c) for c in cfg.source.passthrough), *(("model.input", c) for c in cfg.model.input)]
+    problems = []
+    for where, col in used:
+        clash = written.get(col.lower())
+        if clash is not None:
+            problems.append(
+                f"{where}: source column {col!r} has the name of {clash}; the output cannot hold both. "
+                "Rename the column in the source (or in a view of it), or leave it out of the job"
+            )
+    return problems

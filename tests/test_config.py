@@ -77,7 +77,7 @@ def test_semantic_rules():
     with pytest.raises(ConfigError) as info:
         config_from_dict(bad)
     text = str(info.value)
-    assert "output.table: must differ from source.table" in text
+    assert "output.table: '/lake/reviews' is the same table as source.table '/lake/reviews'" in text
     assert "name: 'bad name!' is not allowed" in text
     assert "model.input: task 'embedding' takes exactly one text column" in text
     assert "got ['text', 'title']; only task 'pyfunc' takes several columns" in text  # from the registry
@@ -133,3 +133,140 @@ def test_validate_command_exit_codes(tmp_path, capsys):
     assert "model.task: 'nope' is not allowed" in err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert main(["frobnicate"]) == 2  # argparse usage error
+
+
+# ------------------------------------------------------------------ overlapping tables
+
+
+def _tables(source: str, output: str, quarantine: str | None = None) -> dict:
+    return {**VALID, "source": {**VALID["source"], "table": source}, "output": {"table": output},
+            "errors": {"quarantine_table": quarantine}}
+
+
+def _overlap_problems(source: str, output: str, quarantine: str | None = None) -> list[str]:
+    try:
+        config_from_dict(_tables(source, output, quarantine))
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{d}/./source", "{d}/source/", "{d}/x/../source", "file://{d}/source", "file:{d}/source",
+     "{d}/link/", "{d}//source"],
+)
+def test_the_source_under_another_spelling_is_not_an_output(tmp_path, spelling):
+    (tmp_path / "source").mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "source", target_is_directory=True)
+    problems = _overlap_problems(str(tmp_path / "source"), spelling.format(d=tmp_path))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"output.table: {spelling.format(d=tmp_path)!r} is the same table as source.table")
+    assert f"(both are {tmp_path / 'source'})" in problems[0]
+    assert "give output.table its own location" in problems[0]
+
+
+def test_a_relative_spelling_is_the_same_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _overlap_problems(str(tmp_path / "lake" / "src"), "./lake/src")[0].startswith(
+        "output.table: './lake/src' is the same table as source.table")
+    assert _overlap_problems("~/t", str(Path.home() / "t"))  # ~ is expanded too
+
+
+def test_tables_inside_each_other_overlap(tmp_path):
+    src = str(tmp_path / "source")
+    inside = _overlap_problems(src, f"{src}/scored")
+    assert len(inside) == 1 and "lies inside the folder of source.table" in inside[0]
+    assert "a VACUUM or an overwrite of source.table would delete its files" in inside[0]
+    outer = _overlap_problems(src, str(tmp_path))
+    assert len(outer) == 1 and "is a folder that holds source.table" in outer[0]
+    # a common prefix is not a folder: /x/source vs /x/source_scored are apart
+    assert _overlap_problems(src, f"{src}_scored") == []
+
+
+def test_the_quarantine_table_overlaps_neither_source_nor_output(tmp_path):
+    src, out = str(tmp_path / "source"), str(tmp_path / "output")
+    assert _overlap_problems(src, out, str(tmp_path / "quarantine")) == []
+    problems = _overlap_problems(src, out, f"{out}/")
+    assert len(problems) == 1 and problems[0].startswith(
+        f"errors.quarantine_table: '{out}/' is the same table as output.table")
+    problems = _overlap_problems(src, out, f"{src}/_failed")
+    assert len(problems) == 1 and "errors.quarantine_table" in problems[0] and "inside the folder of source.table" in problems[0]
+
+
+def test_uris_and_catalog_names_are_normalised():
+    assert _overlap_problems("s3://bucket/lake/reviews", "s3a://bucket/lake/reviews/")
+    assert _overlap_problems("s3://bucket/lake/reviews", "s3://bucket/lake/reviews/scored")
+    assert _overlap_problems("s3://bucket/lake/reviews", "s3://other/lake/reviews") == []
+    assert _overlap_problems("abfss://c@acct.dfs.core.windows.net/r", "abfss://c@acct.dfs.core.windows.net/r/./")
+    same = _overlap_problems("lake.reviews", "spark_catalog.`LAKE`.`Reviews`")
+    assert len(same) == 1 and "(both are spark_catalog.lake.reviews)" in same[0]
+    assert _overlap_problems("lake.reviews", "lake.reviews_scored") == []
+    # a catalog name and a path are compared by the lakehouse once the session resolved the name
+    assert _overlap_problems("lake.reviews", "/warehouse/lake.db/reviews") == []
+
+
+def test_run_refuses_an_output_that_is_the_source_before_spark_starts(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    (tmp_path / "source").mkdir()
+    cfg = write(tmp_path, f"""
+        name: j
+        source: {{table: {tmp_path / "source"}, key: id}}
+        model: {{uri: m, task: embedding, input: text}}
+        output: {{table: {tmp_path}/./source/}}
+    """)
+    # In a fresh process, so that "no JVM was started" is something the test can see.
+    code = (
+        "import sys; from spark_scoring.cli import main; rc = main(['run', sys.argv[1]]); "
+        "assert 'pyspark.sql.session' not in sys.modules or "
+        "sys.modules['pyspark'].SparkContext._active_spark_context is None; sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "output.table:" in done.stderr and "is the same table as source.table" in done.stderr
+    assert list((tmp_path / "source").iterdir()) == []  # nothing was written there
+
+
+# ------------------------------------------------------------------ column names
+
+
+def _columns(task: str = "embedding", options: dict | None = None, **source) -> list[str]:
+    raw = {**VALID, "source": {**VALID["source"], **source},
+           "model": {**VALID["model"], "task": task, "options": options or {}}}
+    try:
+        config_from_dict(raw)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+@pytest.mark.parametrize("name", ["error", "source_version", "run_id", "input_hash", "model_uri", "scored_at",
+                                  "model_version", "Source_Version"])
+def test_a_source_column_named_like_a_fixed_output_column_is_a_config_error(name):
+    problems = _columns(passthrough=[name])
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"source.passthrough: source column {name!r} has the name of the {name.lower()!r} "
+                                  "column spark-scoring writes into every output row")
+    assert "Rename the column in the source (or in a view of it), or leave it out of the job" in problems[0]
+    assert _columns(key=name)[0].startswith(f"source.key: source column {name!r}")
+    assert _columns(partition_by=[name])[0].startswith(f"source.partition_by: source column {name!r}")
+
+
+def test_a_source_column_named_like_a_task_output_is_a_config_error():
+    assert _columns(passthrough=["embedding"])[0].startswith(
+        "source.passthrough: source column 'embedding' has the name of the 'embedding' output column of task 'embedding'")
+    assert _columns(passthrough=["score"]) == []  # not an output of the embedding task
+    assert "'score' output column of task 'text-classification'" in _columns("text-classification", passthrough=["Score"])[0]
+    assert _columns("text-classification", passthrough=["scores"]) == []  # only with return_all_scores
+    assert _columns("text-classification", {"return_all_scores": True}, passthrough=["scores"])
+    assert _columns("text-generation", passthrough=["generated_text"])
+    model_input = {**VALID, "model": {**VALID["model"], "input": "embedding"}}
+    with pytest.raises(ConfigError, match=r"model\.input: source column 'embedding' has the name of"):
+        config_from_dict(model_input)
+
+
+def test_unusual_legal_column_names_are_accepted():
+    assert _columns(key="user.id", partition_by=["event date"], passthrough=["lang-code", "ünïcode", "a`b"]) == []
