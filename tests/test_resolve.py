@@ -279,12 +279,65 @@ def test_resolve_local_dir_absolute_and_relative(minilm_dir, tmp_path, monkeypat
     b = resolve_model("models/minilm", task="embedding", cache_dir=cache)
     assert b.local_dir == a.local_dir and b.model_hash == a.model_hash
     assert b.requested_uri == "models/minilm"
-    # the content fingerprint is part of the id: an edited model gets a new executor cache key
-    cfg = copy / "config_sentence_transformers.json"
-    os.utime(cfg, ns=(cfg.stat().st_atime_ns, cfg.stat().st_mtime_ns + 10_000_000_000))
-    c = resolve_model(str(copy), task="embedding", cache_dir=cache)
+
+
+def _weights(model_dir: Path) -> Path:
+    return max((p for p in model_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_a_local_model_is_identified_by_its_content_not_its_path_or_mtimes(minilm_dir, tmp_path, cache):
+    first = tmp_path / "deploy1" / "minilm"
+    shutil.copytree(minilm_dir, first)
+    a = resolve_model(str(first), task="embedding", cache_dir=cache)
+    # a redeploy of the same weights: copied elsewhere with new modification times
+    second = tmp_path / "deploy2" / "minilm"
+    shutil.copytree(first, second, copy_function=shutil.copyfile)
+    assert _weights(second).stat().st_mtime_ns != _weights(first).stat().st_mtime_ns
+    b = resolve_model(str(second), task="embedding", cache_dir=cache)
+    assert b.model_hash == a.model_hash and b.resolved_uri != a.resolved_uri
+    config = first / "config_sentence_transformers.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10_000_000_000))
+    (first / ".git").mkdir()
+    (first / ".git" / "HEAD").write_text("ref: refs/heads/main")  # hidden: not the model
+    assert resolve_model(str(first), task="embedding", cache_dir=cache).model_hash == a.model_hash
+    # one changed byte in the weights (same size, same mtime) is another model
+    weights = _weights(second)
+    st = weights.stat()
+    with weights.open("r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # a writer moves the mtime
+    c = resolve_model(str(second), task="embedding", cache_dir=cache)
     assert c.model_hash != a.model_hash
-    assert resolve_model(str(copy), task="embedding", cache_dir=cache).model_hash == c.model_hash
+    # a renamed file is another model too
+    (first / "README.md").rename(first / "README2.md")
+    assert resolve_model(str(first), task="embedding", cache_dir=cache).model_hash not in (a.model_hash, c.model_hash)
+
+
+def test_large_files_are_hashed_once_per_size_and_mtime(minilm_dir, tmp_path, cache):
+    import hashlib
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(minilm_dir, copy)
+    first = resolve_model(str(copy), task="embedding", cache_dir=cache)
+    weights = _weights(copy)
+    (entry,) = (cache / "local" / "file-hashes").iterdir()  # only the weights are large
+    assert entry.read_text() == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # the remembered hash is what the next resolve uses (the file is not read again) ...
+    entry.write_text("0" * 64)
+    assert resolve_model(str(copy), task="embedding", cache_dir=cache).model_hash != first.model_hash
+    entry.write_text(hashlib.sha256(weights.read_bytes()).hexdigest())
+    assert resolve_model(str(copy), task="embedding", cache_dir=cache).model_hash == first.model_hash
+    # ... for the same (path, size, mtime) only: a rewritten file is hashed again
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert resolve_model(str(copy), task="embedding", cache_dir=cache).model_hash != first.model_hash
+    # a cache that cannot be written (here: a file where the folder should be) only costs a rehash
+    unwritable = tmp_path / "not-a-folder"
+    unwritable.write_text("")
+    assert resolve_model(str(copy), task="embedding", cache_dir=unwritable).model_hash == resolve_model(
+        str(copy), task="embedding", cache_dir=cache).model_hash
 
 
 def test_alias_moved_after_resolution_does_not_change_the_pinned_model(store, client, cache):
