@@ -107,3 +107,25 @@ def check_unique_keys(cfg: JobConfig, rows: DataFrame, everywhere: DataFrame | N
             "Each row must have its own key so it is scored and published exactly once; fix the source or "
             "choose another key column. Nothing was published."
         )
+
+
+def check_new_keys(cfg: JobConfig, rows: DataFrame, existing: DataFrame | None) -> None:
+    """The keys of `rows`, new to the part of the table a run reads, are nowhere else.
+
+    Args:
+        rows: source rows whose keys the output does not hold where the run looked.
+        existing: keys the output holds elsewhere that could be the same (None: none).
+    """
+    if existing is None:
+        return
+    key = cfg.source.key
+    quoted = F.col(f"`{key.replace('`', '``')}`")
+    clash = rows.select(quoted).join(existing, key, "left_semi").limit(5).collect()
+    if clash:
+        sample = ", ".join(f"{r[0]!r} x2" for r in clash)
+        raise SchemaDriftError(
+            f"source.key: {key!r} is not a unique, non-null key in {cfg.source.table!r} (e.g. {sample}): rows "
+            "added or changed since the last run have keys other rows of the table still hold. Each row must "
+            "have its own key so it is scored and published exactly once; fix the source or choose another key "
+            "column. Nothing was published."
+        )

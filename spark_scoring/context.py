@@ -58,11 +58,11 @@ class RunContext:
         lake: the lakehouse backend.
         source_version: the pinned source version.
         source_table_id: the source's Delta table id.
+        source_timestamp: the commit timestamp (ms) of the pinned source version.
         output_exists: whether the output table exists.
         output_version: its version when the run planned (None: no table yet).
         model: the resolved, pinned model.
         identity: the model identity (see `incremental.model_identity`).
-        app_id: the SetTransaction app id holding the job's watermark for this identity.
         phases: the run's phase timers.
     """
 
@@ -71,11 +71,11 @@ class RunContext:
     lake: Lakehouse
     source_version: int
     source_table_id: str
+    source_timestamp: int | None
     output_exists: bool
     output_version: int | None
     model: ResolvedModel
     identity: str
-    app_id: str
     phases: Phases = field(default_factory=Phases, compare=False)
 
 
@@ -93,6 +93,7 @@ def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases |
         lake = open_lakehouse(spark, cfg.lakehouse.engine)
         source_version = lake.latest_version(cfg.source.table)  # pinned for the whole run
         source_table_id = lake.table_id(cfg.source.table)
+        source_timestamp = lake.log(cfg.source.table).commit(source_version).timestamp
         checks.check_source_schema(
             cfg, lake.schema(cfg.source.table, source_version), lake.partition_columns(cfg.source.table, source_version)
         )
@@ -107,17 +108,17 @@ def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases |
         model = resolve_model(
             cfg.model.uri, task=cfg.model.task, tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.registry_uri
         )
-    identity = inc.model_identity(model.model_hash, cfg.model.options, cfg.model.precision)
+    identity = inc.model_identity(model.model_hash, cfg.model)
     return RunContext(
         cfg=cfg,
         spark=spark,
         lake=lake,
         source_version=source_version,
         source_table_id=source_table_id,
+        source_timestamp=source_timestamp,
         output_exists=output_exists,
         output_version=output_version,
         model=model,
         identity=identity,
-        app_id=inc.app_id(cfg.name, identity),
         phases=phases,
     )

@@ -103,6 +103,14 @@ class CommitRecord:
         task: the task name.
         rows_scored, rows_carried, rows_failed: the run's counts.
         partitions: JSON list of the replaced partitions, "ALL", or a count.
+        app_id: the SetTransaction app id this commit records the watermark under (it
+            changes with the model identity, and when the source was recreated).
+        epoch: counts the watermark resets of this job and identity (part of `app_id`).
+        source_commit_timestamp: the commit timestamp (ms) of `source_version` in the
+            source's log: a source recreated or restored behind the watermark has another.
+        plan: the plan kind that made the commit (full, append, upsert, backfill).
+        mixed_models: True when, after this commit, the output may hold rows scored by
+            other model identities (a `model.on_change: new-rows-only` period).
     """
 
     run_id: str | None = None
@@ -122,6 +130,11 @@ class CommitRecord:
     rows_carried: int | None = None
     rows_failed: int | None = None
     partitions: str | None = None
+    app_id: str | None = None
+    epoch: int | None = None
+    source_commit_timestamp: int | None = None
+    plan: str | None = None
+    mixed_models: bool | None = None
 
     #: Field name -> metadata key suffix, where they differ (the key predates the name).
     _KEYS = {"model_hash": "model_id"}
@@ -143,6 +156,8 @@ class CommitRecord:
         out = {}
         for name in _FIELD_TYPES:
             value = getattr(self, name)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
             out[self.metadata_key(name)] = "" if value is None else str(value)
         return out
 
@@ -157,7 +172,10 @@ class CommitRecord:
             raw = metadata.get(cls.metadata_key(name))
             if raw is None or raw == "":
                 continue
-            values[name] = _as_int(raw) if kind is int else str(raw)
+            if kind is bool:
+                values[name] = str(raw).lower() == "true"
+            else:
+                values[name] = _as_int(raw) if kind is int else str(raw)
         return cls(**values)
 
     def replaced_partitions(self) -> list[dict[str, str | None]] | None:
@@ -172,7 +190,8 @@ class CommitRecord:
 
 
 _FIELD_TYPES: dict[str, type] = {
-    f.name: (int if "int" in str(f.type) else str) for f in dataclasses.fields(CommitRecord)
+    f.name: (bool if "bool" in str(f.type) else int if "int" in str(f.type) else str)
+    for f in dataclasses.fields(CommitRecord)
 }
 #: The `CommitRecord` fields holding integers (strings in the Delta log, parsed when read back).
 INT_FIELDS: tuple[str, ...] = tuple(name for name, kind in _FIELD_TYPES.items() if kind is int)

@@ -1,67 +1,88 @@
-"""Incremental planning: what a nightly run must score, carry over, and replace.
+"""What a run does, and how the rows it reads split into rows to score, keep and drop.
 
 Progress lives with the data. The watermark (the last source version scored) is a Delta
-SetTransaction in the OUTPUT table's own log, under an app id made from the job name and
-the model identity, committed in the same commit as the scored rows. So no side file can
+SetTransaction in the OUTPUT table's own log, committed in the same commit as the scored
+rows, and every commit also carries a `contract.CommitRecord` saying which source (table id,
+version, commit timestamp), model identity and app id it reflects. So no side file can
 disagree with the data, and a crash before the commit leaves the old watermark in place:
-the next run simply plans the same work again.
+the next run simply plans the same work again. (The planner itself is
+`spark_scoring.planner`; this module holds the pieces it and the pipeline share.)
 
-Finding what changed:
-1. the affected partitions are those whose files were added or removed between the
-   watermark and the pinned source version (a diff of the two versions' file lists);
-2. inside them, a key-level comparison of the source rows with the output rows decides,
-   per key: new or changed input (input hash differs) -> score; unchanged -> carry the
-   output row over as it is (same `run_id`, `scored_at`); gone from the source -> drop.
+A night's cost follows what changed:
+
+* append-only nights (the source versions since the watermark only added files) score the
+  rows of the added files and append them: no output file is removed;
+* any other change is turned into a *region*: the partitions and key ranges (from the
+  Delta log's file statistics, `lakehouse.keyranges`) of the source files that were
+  removed, added or got deletion vectors, plus those of output files another writer
+  touched. Inside the region, source and output rows are compared key by key
+  (`reconcile`): new or changed input (input hash) or a failed row -> score; unchanged ->
+  keep (the output row is not even rewritten); key gone from the source -> delete. The
+  commit is an upsert by key: the engine rewrites only the output files holding affected
+  keys, or marks them with deletion vectors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import DataType, StructType
 
-from spark_scoring.contract import INPUT_HASH, MODE_RUN, NIGHTLY_MODES, CommitRecord
-from spark_scoring.errors import HistoryGapError, ScoringError
-from spark_scoring.lakehouse.base import CommitInfo, Lakehouse
+from spark_scoring.config import ModelConfig
+from spark_scoring.contract import ERROR, INPUT_HASH, MODE_RUN, MODEL_URI, RUN_ID, SCORED_AT
+from spark_scoring.lakehouse import _partitions as parts
+from spark_scoring.lakehouse.deltalog import FileAction
+from spark_scoring.lakehouse.keyranges import KeyRange
 
-log = logging.getLogger(__name__)
-
-PlanKind = Literal["full", "incremental", "nothing", "backfill"]
+PlanKind = Literal["full", "append", "upsert", "nothing", "backfill"]
 Partition = Mapping[str, "str | None"]
 
 
-def model_identity(model_hash: str, options: Mapping[str, Any], precision: str) -> str:
-    """Everything that changes predictions: the resolved model, its task options, precision.
+def model_identity(model_hash: str, model: ModelConfig) -> str:
+    """Everything that changes predictions: the resolved model, the task, the input columns,
+    the task options (max length, pooling, ...) and the precision.
 
-    Batch settings are left out on purpose: predictions do not depend on packing.
+    Batch settings and the device are left out on purpose: predictions do not depend on
+    packing, and moving a job between CPU and GPU must not rescore the table.
     """
-    blob = json.dumps({"model": model_hash, "options": dict(options), "precision": precision}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "model": model_hash,
+            "task": model.task,
+            "input": list(model.input),
+            "options": dict(model.options),
+            "precision": model.precision,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def app_id(job_name: str, identity: str) -> str:
-    """The SetTransaction app id holding a job's watermark for one model identity."""
-    return f"spark-scoring:{job_name}:{identity}"
+def app_id(job_name: str, identity: str, epoch: int = 0) -> str:
+    """The SetTransaction app id holding a job's watermark for one model identity.
+
+    `epoch` counts watermark resets (a source recreated behind the watermark): Delta never
+    lets a SetTransaction version go down, so a reset records under a new app id.
+    """
+    base = f"spark-scoring:{job_name}:{identity}"
+    return base if not epoch else f"{base}:{epoch}"
+
+
+def col(name: str) -> Column:
+    """A column by its exact name (dots, spaces, backticks are part of the name)."""
+    return F.col(parts.quote_identifier(name))
 
 
 def input_hash(columns: Sequence[str]) -> Column:
     """A stable hash of a row's model inputs (null and empty string hash differently)."""
-    return F.sha2(F.to_json(F.struct(*[F.col(c) for c in columns])), 256)
-
-
-def last_job_commit(history: Sequence[CommitInfo], job: str, modes: Sequence[str] = NIGHTLY_MODES) -> CommitInfo | None:
-    """The newest commit a nightly run (not a backfill) of `job` made."""
-    for commit in history:
-        record = CommitRecord.from_metadata(commit.metadata)
-        if record is not None and record.job == job and record.mode in modes:
-            return commit
-    return None
+    return F.sha2(F.to_json(F.struct(*[col(c).alias(c) for c in columns])), 256)
 
 
 @dataclass(frozen=True)
@@ -69,17 +90,23 @@ class Plan:
     """What one run will do.
 
     Attributes:
-        kind: "full" (score everything, overwrite), "incremental" (replace `partitions`),
-            "backfill" (rescore every row of `partitions`), "nothing" (no commit).
-        partitions: the source/output partitions affected (Delta string form); None: the
-            whole table (a full plan, or an incremental plan on an unpartitioned table).
-        since_version: the watermark the plan starts from (None: from scratch).
+        kind: "full" (score everything, overwrite), "append" (score the rows of
+            `added_files`, append them), "upsert" (reconcile the `region`, commit an upsert
+            by key), "backfill" (rescore every row of `partitions`), "nothing" (no commit).
         source_version: the pinned source version.
         output_version: the output version the plan was made against (None: no table).
+        since_version: the watermark the plan starts from (None: from scratch).
+        partitions: the partitions a backfill rescores.
+        added_files: the source file states an append plan scores.
+        region: the key ranges an upsert plan reconciles; None: the whole table.
         reason: one line a person can read.
         mode: the commit's mode (`contract.MODE_*`): run, full-refresh or backfill.
         record_watermark: whether the commit records the watermark (nightly runs do, unless
             the version is already recorded; backfills never do).
+        app_id: the app id the watermark is recorded under.
+        epoch: the epoch of `app_id` (see `app_id()`).
+        mixed_models: whether the output may hold rows of other model identities after
+            the commit.
     """
 
     kind: PlanKind
@@ -87,195 +114,163 @@ class Plan:
     output_version: int | None
     since_version: int | None = None
     partitions: tuple[Partition, ...] | None = None
+    added_files: tuple[FileAction, ...] = ()
+    region: tuple[KeyRange, ...] | None = None
     reason: str = ""
     mode: str = MODE_RUN
     record_watermark: bool = True
+    app_id: str | None = None
+    epoch: int = 0
+    mixed_models: bool = False
+
+    @property
+    def touched_partitions(self) -> int | None:
+        """How many partitions the plan reads and may write (None: all of them, or unpartitioned)."""
+        if self.kind == "backfill":
+            return len(self.partitions or ())
+        if self.kind == "append":
+            found = {tuple(sorted(f.partition_values.items())) for f in self.added_files}
+            return len(found) if any(found) else None
+        if self.kind == "upsert" and self.region is not None:
+            found = {r.partition for r in self.region}
+            return None if None in found else len(found)
+        return None
 
     @property
     def write_mode(self) -> str:
         """The lakehouse write mode this plan commits with."""
-        return "overwrite" if self.partitions is None else "replace_partitions"
+        return {"full": "overwrite", "append": "append", "upsert": "upsert", "backfill": "replace_partitions"}[
+            self.kind
+        ]
 
 
-#: Delta operations that rewrite or annotate files without changing any row.
-DATA_NEUTRAL_OPERATIONS = frozenset(
-    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
-     "ADD CONSTRAINT", "DROP CONSTRAINT", "CHECKPOINT"}
-)
+# ------------------------------------------------------------------------------- regions
 
 
-def _only_data_neutral_commits(lake: Lakehouse, table: str, since: int, until: int) -> list[str]:
-    """The operations of versions since+1..until when ALL of them leave the rows unchanged
-    (OPTIMIZE, VACUUM, ...), else []: a compaction must not cost a rescore or a commit."""
-    wanted = until - since
-    commits = [c for c in lake.history(table, limit=wanted + 50) if since < c.version <= until]
-    if len(commits) != wanted:
-        return []  # history incomplete: let the file diff decide
-    operations = sorted({c.operation.upper() for c in commits})
-    return operations if all(op in DATA_NEUTRAL_OPERATIONS for op in operations) else []
+def region_predicate(region: Sequence[KeyRange], key: str, schema: StructType) -> Column:
+    """A row filter selecting exactly the rows of `region` (partition values typed)."""
+    types = {f.name: f.dataType for f in schema.fields}
+    terms = []
+    for r in region:
+        term = F.lit(True)
+        for column, value in r.partition or ():
+            term = term & _partition_equals(column, value, types[column])
+        if r.low is not None:
+            term = term & (col(key) >= _key_literal(r.low, types[key]))
+        if r.high is not None:
+            term = term & (col(key) <= _key_literal(r.high, types[key]))
+        terms.append(term)
+    if not terms:
+        return F.lit(False)
+    out = terms[0]
+    for term in terms[1:]:
+        out = out | term
+    return out
 
 
-def changed_partitions(
-    lake: Lakehouse, table: str, since_version: int, until_version: int, partition_by: Sequence[str]
-) -> list[dict[str, str | None]]:
-    """Partitions whose files were added or removed between two versions of `table`.
+def _partition_equals(column: str, value: str | None, data_type: DataType) -> Column:
+    if value is None:
+        return col(column).isNull()
+    return col(column) == F.lit(parts.from_partition_string(value, data_type, column))
 
-    Raises:
-        HistoryGapError: `since_version` can no longer be read (log cleaned up / vacuumed).
+
+def _key_literal(value: Any, data_type: DataType) -> Column:
+    # Statistics hold dates as ISO strings: cast them back to the key's type.
+    return F.lit(value).cast(data_type)
+
+
+# ------------------------------------------------------------------------------- splitting
+
+
+@dataclass(frozen=True)
+class Split:
+    """How the rows of a region split.
+
+    Attributes:
+        to_score: source rows to score (new keys, changed input, failed before).
+        kept: output rows kept with their predictions but rewritten with the source's current
+            passthrough values (a passthrough or partition column changed, the inputs did
+            not), in output columns.
+        deletes: key and partition columns of output rows that leave the table (key gone
+            from the source, moved to another partition, or duplicated in the output).
+        unchanged: output rows that stay exactly as they are (not written): for counting.
     """
-    try:
-        before = lake.files(table, since_version)
-    except Exception as exc:  # noqa: BLE001 - any failure to load the old version is a gap
-        raise HistoryGapError(
-            f"source table {table!r}: version {since_version} (the last version this job scored) "
-            f"can no longer be read, so the changes since then are unknown ({type(exc).__name__}: {exc}). "
-            "The table's log was probably cleaned up or vacuumed past the watermark. Nothing was "
-            "published. Run once with --full-refresh to rescore from the current version, and keep "
-            "delta.logRetentionDuration longer than the interval between runs."
-        ) from exc
-    after = lake.files(table, until_version)
-    before_paths = {f.path: f for f in before}
-    after_paths = {f.path: f for f in after}
-    touched = [f for p, f in after_paths.items() if p not in before_paths]
-    touched += [f for p, f in before_paths.items() if p not in after_paths]
-    seen: dict[tuple, dict[str, str | None]] = {}
-    for f in touched:
-        values = {c: f.partition_values.get(c) for c in partition_by}
-        seen.setdefault(tuple(values.items()), values)
-    return sorted(seen.values(), key=lambda v: [(x is None, x or "") for x in v.values()])
+
+    to_score: DataFrame
+    kept: DataFrame
+    deletes: DataFrame
+    unchanged: DataFrame
 
 
-def make_plan(
-    lake: Lakehouse,
-    *,
-    source_table: str,
-    partition_by: Sequence[str],
-    source_version: int,
-    output_exists: bool,
-    output_version: int | None,
-    watermark: int | None,
-    previous: CommitInfo | None,
-    identity: str,
-    on_change: str,
-    full_refresh: bool,
-    source_table_id: str | None = None,
-) -> Plan:
-    """Decide what a nightly run does. Pure planning: reads only Delta logs, no rows."""
-    base = {"source_version": source_version, "output_version": output_version}
-    last = CommitRecord.from_metadata(previous.metadata) if previous is not None else None
-    recorded_id = last.source_table_id if last is not None else None
-    if not full_refresh and output_exists and recorded_id and source_table_id and recorded_id != source_table_id:
-        raise HistoryGapError(
-            f"source table {source_table!r} was recreated since the last run (table id {recorded_id} "
-            f"is now {source_table_id}), so its version numbers no longer continue from the watermark. "
-            "Nothing was published. Run with --full-refresh to rescore it from scratch."
-        )
-    if full_refresh:
-        return Plan("full", reason="--full-refresh: rescoring every row", **base)
-    if not output_exists:
-        return Plan("full", reason="output table does not exist yet: scoring every row", **base)
-    if previous is None and watermark is None:
-        return Plan("full", reason="no earlier nightly run of this job on the output table: scoring every row", **base)
-
-    old_identity = last.model_identity if last is not None else identity
-    if old_identity != identity:
-        # The last nightly run used another model identity. A watermark recorded under the
-        # current identity (if any) is stale: other models scored rows since then.
-        assert last is not None  # invariant: old_identity came from it
-        old_uri = last.model_uri or "?"
-        if on_change == "fail":
-            raise ScoringError(
-                f"the model changed since the last run (was {old_uri} [{old_identity}], now [{identity}]) "
-                "and model.on_change is 'fail'. Nothing was published. To rescore every row with the new "
-                "model set model.on_change=rescore (or run --full-refresh); to score only new and changed "
-                "rows with it set model.on_change=new-rows-only."
-            )
-        if on_change == "rescore":
-            return Plan("full", reason=f"model changed (was {old_uri}): rescoring every row (model.on_change=rescore)", **base)
-        since = last.source_version
-        if since is None:
-            return Plan("full", reason="model changed and the last run's source version is unknown: scoring every row", **base)
-    elif watermark is not None:
-        since = watermark
-    else:
-        assert last is not None  # invariant: both None returned above
-        since = last.source_version
-        if since is None:
-            return Plan("full", reason="the last run's source version is unknown: scoring every row", **base)
-
-    assert since is not None
-    if since > source_version:
-        raise HistoryGapError(
-            f"source table {source_table!r} is at version {source_version}, older than version {since} "
-            "this job already scored: the source was recreated or restored. Nothing was published. "
-            "Run with --full-refresh to rescore it from scratch."
-        )
-    if since == source_version:
-        return Plan("nothing", since_version=since, reason=f"source unchanged since version {since}: nothing to do", **base)
-    neutral = _only_data_neutral_commits(lake, source_table, since, source_version)
-    if neutral:
-        return Plan(
-            "nothing", since_version=since,
-            reason=f"versions {since + 1}..{source_version} changed no data ({', '.join(neutral)})", **base,
-        )
-    parts = changed_partitions(lake, source_table, since, source_version, partition_by)
-    if not parts:
-        return Plan(
-            "nothing", since_version=since, reason=f"versions {since + 1}..{source_version} changed no data files", **base
-        )
-    return Plan(
-        "incremental",
-        since_version=since,
-        # An unpartitioned table is one partition: compare every key, rewrite the table.
-        partitions=tuple(parts) if partition_by else None,
-        reason=f"{len(parts)} partition(s) changed in source versions {since + 1}..{source_version}",
-        **base,
-    )
-
-
-def split_rows(
+def reconcile(
     source: DataFrame,
     output: DataFrame,
     *,
     key: str,
     passthrough_columns: Sequence[str],
+    partition_columns: Sequence[str],
     output_columns: Sequence[str],
     rescore_model_uri: str | None = None,
-) -> tuple[DataFrame, DataFrame]:
-    """Split the affected source rows into (rows to score, output rows carried over).
+) -> Split:
+    """Compare the source and output rows of one region key by key (see `Split`).
 
-    A source row is carried over only when the output holds a row for its key with the
-    same input hash, no error (a failed row is retried, as a full refresh would), and
-    (with `rescore_model_uri`) the same model. Everything else is scored; output keys
-    that left the source simply vanish.
+    An output row is kept only when it is the only output row of its key, its input hash
+    equals the source row's, and it has no error (a failed row is retried, as a full refresh
+    would). A key whose output row sits in another partition than its source row now is
+    deleted there and written in its new partition.
 
     Args:
-        source: affected source rows with an `input_hash` column.
-        output: the output rows of the same partitions.
+        source: the region's source rows (passthrough and input columns, `input_hash`).
+        output: the region's output rows (all output columns).
         key: the row key.
-        passthrough_columns: key, partition and passthrough columns: taken from the
-            source for carried rows too, so a full refresh would produce the same row.
-        output_columns: columns the model and lineage produce (taken from the output).
-        rescore_model_uri: when set, carried rows scored by another model are rescored.
+        passthrough_columns: key, partition and passthrough columns (from the source).
+        partition_columns: the partition columns (a subset of the passthrough columns).
+        output_columns: the columns the model and lineage produce (from the output).
+        rescore_model_uri: when set, output rows scored by another model are rescored
+            (`model.on_change: rescore`, after a backfill with another model).
     """
-    prev = output.select(
-        F.col(key).alias("__key"),
-        F.col(INPUT_HASH).alias("__prev_hash"),
-        *[F.col(c).alias(f"__prev_{c}") for c in output_columns],
+    ranked = output.withColumn(
+        "__n", F.count(F.lit(1)).over(Window.partitionBy(col(key)))
+    ).withColumn(
+        "__rank",
+        F.row_number().over(Window.partitionBy(col(key)).orderBy(col(SCORED_AT).desc_nulls_last(), col(RUN_ID))),
     )
-    # One previous row per key, whatever happened before: a duplicate in the output must
-    # never be carried twice (the newest scoring wins).
-    newest = Window.partitionBy("__key").orderBy(F.col("__prev_scored_at").desc_nulls_last(), F.col("__prev_run_id"))
-    prev = prev.withColumn("__rank", F.row_number().over(newest)).filter(F.col("__rank") == 1).drop("__rank")
-    joined = source.join(prev, source[key] == prev["__key"], "left")
-    same = F.col("__key").isNotNull() & F.col("__prev_hash").eqNullSafe(F.col(INPUT_HASH)) & F.col("__prev_error").isNull()
+    prev = ranked.select(
+        col(key).alias("__key"),
+        F.col("__n"),
+        F.col("__rank"),
+        *[col(c).alias(f"__prev_{c}") for c in (*passthrough_columns, *output_columns, INPUT_HASH)],
+    )
+    newest = prev.filter(F.col("__rank") == 1)
+    joined = source.join(newest, col(key) == F.col("__key"), "left")
+    clean = (
+        F.col("__key").isNotNull()
+        & (F.col("__n") == 1)
+        & F.col(f"__prev_{INPUT_HASH}").eqNullSafe(col(INPUT_HASH))
+        & F.col(f"__prev_{ERROR}").isNull()
+    )
     if rescore_model_uri is not None:
-        same = same & F.col("__prev_model_uri").eqNullSafe(F.lit(rescore_model_uri))
-    same = F.coalesce(same, F.lit(False))  # never let a null drop a row from both sides
-    to_score = joined.filter(~same).select(*source.columns)
-    carried = joined.filter(same).select(
-        *[F.col(c) for c in passthrough_columns],
+        clean = clean & F.col(f"__prev_{MODEL_URI}").eqNullSafe(F.lit(rescore_model_uri))
+    clean = F.coalesce(clean, F.lit(False))  # never let a null drop a row from both sides
+    same_values = F.lit(True)
+    for c in passthrough_columns:
+        same_values = same_values & F.col(f"__prev_{c}").eqNullSafe(col(c))
+    to_score = joined.filter(~clean).select(*[col(c) for c in source.columns])
+    kept = joined.filter(clean & ~same_values).select(
+        *[col(c) for c in passthrough_columns],
         *[F.col(f"__prev_{c}").alias(c) for c in output_columns],
-        F.col(INPUT_HASH),
+        col(INPUT_HASH),
     )
-    return to_score, carried
+    unchanged = joined.filter(clean & same_values).select(col(key))
+    # Output rows to delete: every row of a key the source no longer has in this region;
+    # every extra row of a duplicated key; a row whose key moved to another partition.
+    src_keys = source.select(col(key).alias("__src_key"), *[col(p).alias(f"__src_{p}") for p in partition_columns])
+    with_src = prev.join(src_keys, F.col("__key") == F.col("__src_key"), "left")
+    moved = F.lit(False)
+    for p in partition_columns:
+        moved = moved | ~F.col(f"__prev_{p}").eqNullSafe(F.col(f"__src_{p}"))
+    gone = F.col("__src_key").isNull() | (F.col("__n") > 1) | moved
+    deletes = with_src.filter(gone).select(
+        F.col("__key").alias(key), *[F.col(f"__prev_{p}").alias(p) for p in partition_columns]
+    ).distinct()
+    return Split(to_score, kept, deletes, unchanged)

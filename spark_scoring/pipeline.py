@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -28,13 +28,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_scoring import budget, checks, plots, report, udf
+from spark_scoring import budget, checks, planner, plots, report, rows, udf
 from spark_scoring import incremental as inc
 from spark_scoring.config import JobConfig
 from spark_scoring.context import RunContext, open_run
 from spark_scoring.contract import (
     ERROR,
-    INPUT_HASH,
     MODE_BACKFILL,
     MODE_FULL_REFRESH,
     MODE_RUN,
@@ -88,31 +87,9 @@ def run(
     """
     ctx = open_run(cfg, spark)
     with ctx.phases.phase("plan"):
-        lake, out = ctx.lake, cfg.output.table
-        watermark = lake.transaction_version(out, ctx.app_id) if ctx.output_exists else None
-        history = lake.history(out, limit=200) if ctx.output_exists else []
-        plan = inc.make_plan(
-            lake,
-            source_table=cfg.source.table,
-            partition_by=cfg.source.partition_by,
-            source_version=ctx.source_version,
-            output_exists=ctx.output_exists,
-            output_version=ctx.output_version,
-            watermark=watermark,
-            previous=inc.last_job_commit(history, cfg.name),
-            identity=ctx.identity,
-            on_change=cfg.model.on_change,
-            full_refresh=full_refresh,
-            source_table_id=ctx.source_table_id,
-        )
+        plan = planner.plan_run(ctx, full_refresh=full_refresh)
     log.info("plan: %s", plan.reason)
-    # A full refresh at the version already recorded keeps the watermark as it is: recording
-    # it again would make the lakehouse (and Delta's txnVersion rule) skip the write.
-    plan = replace(
-        plan,
-        mode=MODE_FULL_REFRESH if full_refresh else MODE_RUN,
-        record_watermark=watermark is None or watermark < ctx.source_version,
-    )
+    plan = replace(plan, mode=MODE_FULL_REFRESH if full_refresh else MODE_RUN)
     return _execute(ctx, plan, dry_run=dry_run)
 
 
@@ -140,15 +117,12 @@ def backfill(
         raise UsageError("backfill needs partitions: --partition col=value (repeatable) or --from LOW --to HIGH")
     ctx = open_run(cfg, spark)
     with ctx.phases.phase("plan"):
-        if ctx.output_exists:
-            # Rescore at the source version the nightly output reflects, not the newest one:
-            # otherwise a row that moved partition since then would exist twice until the
-            # next nightly run (which then brings the rest of the table forward).
-            previous = inc.last_job_commit(ctx.lake.history(cfg.output.table, limit=200), cfg.name)
-            record = CommitRecord.from_metadata(previous.metadata) if previous else None
-            if record is not None and record.source_version is not None:
-                ctx = replace(ctx, source_version=record.source_version)
+        # Rescore at the source version the nightly output reflects, not the newest one:
+        # otherwise a row that moved partition since then would exist twice until the next
+        # nightly run (which then brings the rest of the table forward).
+        ctx = replace(ctx, source_version=planner.backfill_version(ctx))
         wanted = _backfill_partitions(ctx, partitions, between)
+        planner.check_readable(ctx, wanted)
     plan = Plan(
         "backfill" if ctx.output_exists else "full",
         source_version=ctx.source_version,
@@ -165,7 +139,9 @@ def status(cfg: JobConfig, *, spark: SparkSession | None = None) -> dict[str, An
     """Watermark, pending source versions and the last runs of a job, as plain data."""
     ctx = open_run(cfg, spark)
     lake, out = ctx.lake, cfg.output.table
-    watermark = lake.transaction_version(out, ctx.app_id) if ctx.output_exists else None
+    found = planner.last_nightly(lake.log(out), cfg.name, ctx.output_version) if ctx.output_exists else None
+    app = found[1].app_id if found and found[1].app_id else inc.app_id(cfg.name, ctx.identity)
+    watermark = lake.transaction_version(out, app) if ctx.output_exists else None
     runs = []
     for commit in lake.history(out, limit=50) if ctx.output_exists else []:
         record = CommitRecord.from_metadata(commit.metadata)
@@ -193,7 +169,7 @@ def status(cfg: JobConfig, *, spark: SparkSession | None = None) -> dict[str, An
         "output_version": ctx.output_version,
         "model_uri": ctx.model.resolved_uri,
         "model_identity": ctx.identity,
-        "app_id": ctx.app_id,
+        "app_id": app,
         "watermark": watermark,
         "pending_source_versions": None if watermark is None else max(0, ctx.source_version - watermark),
         "lakehouse_engine": lake.engine,
@@ -248,25 +224,17 @@ def _partitions_between(ctx: RunContext, low: str, high: str) -> list[dict[str, 
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Work:
-    """The rows of one run: rows to score, and output rows carried over unchanged."""
-
-    to_score: DataFrame
-    carried: DataFrame | None
-
-
 def _execute(ctx: RunContext, plan: Plan, *, dry_run: bool) -> RunResult:
     result = RunResult.planned(ctx, plan)
     if plan.kind == "nothing" and not dry_run:
         result.seconds = ctx.phases.total()
         return result
     with ctx.phases.phase("plan"):
-        work = _split(ctx, plan) if plan.kind != "nothing" else None
+        work = rows.gather(ctx, plan) if plan.kind != "nothing" else None
         if dry_run:
             if work is not None:
                 result.rows_scored = work.to_score.count()
-                result.rows_carried = work.carried.count() if work.carried is not None else 0
+                result.rows_carried = _carried(work)
                 result.rows_read = result.rows_scored + result.rows_carried
             result.status = "dry-run"
     if dry_run or work is None:
@@ -282,45 +250,19 @@ def _execute(ctx: RunContext, plan: Plan, *, dry_run: bool) -> RunResult:
             _score_and_commit(ctx, plan, work, tracker, result)
         except BaseException:
             result.seconds = ctx.phases.total()
-            _record(tracker, result, failing=True)
-            raise
+            if result.status != "published":
+                _record(tracker, result, failing=True)
+                raise
+            # The commit landed: whatever failed afterwards (recording, cleaning up, even an
+            # interrupt) cannot unpublish it, so it is a warning and the exit code stays 0.
+            log.warning("output version %s is published, but the run failed afterwards",
+                        result.output_version, exc_info=True)
         result.seconds = ctx.phases.total()
         _record(tracker, result, failing=False)
     return result
 
 
-def _split(ctx: RunContext, plan: Plan) -> _Work:
-    """Affected source rows -> rows to score, and output rows carried over."""
-    cfg, lake = ctx.cfg, ctx.lake
-    source = lake.read(cfg.source.table, ctx.source_version, partitions=plan.partitions,
-                       columns=checks.source_columns(cfg))
-    source = source.withColumn(INPUT_HASH, inc.input_hash(cfg.model.input))
-    if ctx.output_exists and plan.kind != "full":
-        out_schema = lake.schema(cfg.output.table, ctx.output_version)
-        checks.check_output_schema(cfg, lake.schema(cfg.source.table, ctx.source_version), out_schema)
-    # A partial plan sees only some partitions; a key must also be unique across the rest.
-    everywhere = None
-    if plan.partitions is not None:
-        everywhere = lake.read(cfg.source.table, ctx.source_version, columns=[cfg.source.key])
-    checks.check_unique_keys(cfg, source, everywhere)
-    if plan.kind in ("full", "backfill") or not ctx.output_exists:
-        return _Work(source, None)
-    output = lake.read(cfg.output.table, ctx.output_version, partitions=plan.partitions)
-    fixed = set(checks.passthrough_columns(cfg)) | {INPUT_HASH}
-    to_score, carried = inc.split_rows(
-        source,
-        output,
-        key=cfg.source.key,
-        passthrough_columns=checks.passthrough_columns(cfg),
-        output_columns=[f.name for f in out_schema.fields if f.name not in fixed],
-        # on_change=rescore: rows still holding another model's predictions (from a
-        # backfill or a new-rows-only period) are rescored too, as a full refresh would.
-        rescore_model_uri=ctx.model.resolved_uri if cfg.model.on_change == "rescore" else None,
-    )
-    return _Work(to_score, carried)
-
-
-def _score_and_commit(ctx: RunContext, plan: Plan, work: _Work, tracker: RunTracker, result: RunResult) -> None:
+def _score_and_commit(ctx: RunContext, plan: Plan, work: rows.Work, tracker: RunTracker, result: RunResult) -> None:
     cfg, spark, phases = ctx.cfg, ctx.spark, ctx.phases
     with phases.phase("load"):
         spec = udf.prepare_model(spark, model_dir=ctx.model.local_dir, model_uri=ctx.model.resolved_uri,
@@ -330,20 +272,24 @@ def _score_and_commit(ctx: RunContext, plan: Plan, work: _Work, tracker: RunTrac
     # inside a partition, so bigger partitions pack tighter batches (measured on 2 cores,
     # 2,000 texts: 4 partitions per core gave padding efficiency 0.76 and 149 rows/s, one
     # per core 0.93 and 195 rows/s).
+    # Ranges of keys (within partitions), not random rows: the files the commit writes then
+    # hold narrow key ranges, so later nights read and rewrite few of them.
     parallelism = cfg.run.num_partitions or max(1, spark.sparkContext.defaultParallelism)
-    scored = _with_lineage(udf.score(work.to_score.repartition(parallelism), spec, stats), ctx, tracker.run_id)
+    by_range = [inc.col(c) for c in (*cfg.source.partition_by, cfg.source.key)]
+    to_score = work.to_score.repartitionByRange(parallelism, *by_range)
+    scored = _with_lineage(udf.score(to_score, spec, stats), ctx, tracker.run_id)
     # Both frames are used several times (counts, error summary, the write): compute once.
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-    carried = work.carried
-    if carried is not None:
-        # The join behind `carried` ends in spark.sql.shuffle.partitions (200 by default)
+    kept = work.kept
+    if kept is not None:
+        # The join behind `kept` ends in spark.sql.shuffle.partitions (200 by default)
         # tiny partitions: merged here, so the write makes a few files, not hundreds.
-        carried = carried.coalesce(max(1, spark.sparkContext.defaultParallelism)).persist(StorageLevel.MEMORY_AND_DISK)
+        kept = kept.coalesce(max(1, spark.sparkContext.defaultParallelism)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with phases.phase("score"):
             _score(ctx, scored, stats, result)
         with phases.phase("commit"):
-            result.rows_carried = carried.count() if carried is not None else 0
+            result.rows_carried = _carried(rows.Work(work.to_score, kept, work.deletes, work.unchanged))
             result.rows_read = result.rows_scored + result.rows_carried
             failures = budget.Failures(result.rows_scored, result.rows_failed, result.top_errors)
             refused = budget.over_budget(cfg.errors, failures)
@@ -351,8 +297,8 @@ def _score_and_commit(ctx: RunContext, plan: Plan, work: _Work, tracker: RunTrac
                 if cfg.errors.quarantine_table:
                     budget.quarantine(ctx, scored)
                 raise ErrorBudgetExceeded(refused)
-            final = _output_frame(ctx, scored, carried, spec)
-            written = _commit(ctx, plan, final, report.commit_record(ctx, plan, tracker.run_id, result))
+            final = _output_frame(ctx, scored, kept, spec)
+            written = _commit(ctx, plan, final, work.deletes, report.commit_record(ctx, plan, tracker.run_id, result))
         if written.version is None:  # the lakehouse found this exact commit already made
             result.status = "nothing-to-do"
             result.plan += "; skipped: this source version was already committed for this model"
@@ -364,8 +310,13 @@ def _score_and_commit(ctx: RunContext, plan: Plan, work: _Work, tracker: RunTrac
         _after_commit(ctx, tracker, scored, result)
     finally:
         scored.unpersist()
-        if carried is not None:
-            carried.unpersist()
+        if kept is not None:
+            kept.unpersist()
+
+
+def _carried(work: rows.Work) -> int:
+    """Rows whose predictions the run keeps: rewritten ones and ones left as they are."""
+    return sum(df.count() for df in (work.kept, work.unchanged) if df is not None)
 
 
 def _score(ctx: RunContext, scored: DataFrame, stats: udf.ScoringStats, result: RunResult) -> None:
@@ -384,18 +335,27 @@ def _score(ctx: RunContext, scored: DataFrame, stats: udf.ScoringStats, result: 
     result.top_errors = budget.top_errors(scored, ctx.cfg.source.key) if result.rows_failed else []
 
 
-def _commit(ctx: RunContext, plan: Plan, rows: DataFrame, record: CommitRecord) -> WriteResult:
-    """ONE commit: the rows, the replaced partitions, the watermark and the metadata."""
+def _commit(
+    ctx: RunContext, plan: Plan, rows_out: DataFrame, deletes: DataFrame | None, record: CommitRecord
+) -> WriteResult:
+    """ONE commit: the rows, what they replace, the watermark and the metadata."""
+    cfg = ctx.cfg
+    by = cfg.source.partition_by
+    # Sorted by partition, then key: each write task keeps one file open at a time, and the
+    # output files get narrow key ranges, which is what lets later nights touch few of them.
+    ordered = rows_out.sortWithinPartitions(*[inc.col(c) for c in (*by, cfg.source.key)])
     return ctx.lake.write(
-        rows,
-        ctx.cfg.output.table,
+        ordered,
+        cfg.output.table,
         mode=plan.write_mode,
-        partition_by=ctx.cfg.source.partition_by,
+        partition_by=by,
         partitions=plan.partitions or (),
         expected_version=ctx.output_version if ctx.output_exists else None,
-        app_id=ctx.app_id if plan.record_watermark else None,
+        app_id=plan.app_id if plan.record_watermark else None,
         txn_version=ctx.source_version if plan.record_watermark else None,
         metadata=record.to_metadata(),
+        key=cfg.source.key if plan.kind == "upsert" else None,
+        deletes=deletes if plan.kind == "upsert" else None,
     )
 
 

@@ -59,7 +59,7 @@ class RunResult:
             source_version_start=plan.since_version,
             model_uri=ctx.model.resolved_uri,
             model_version=ctx.model.version,
-            partitions=None if plan.partitions is None else len(plan.partitions),
+            partitions=plan.touched_partitions,
         )
 
     @property
@@ -98,6 +98,11 @@ def commit_record(ctx: RunContext, plan: Plan, run_id: str, result: RunResult) -
         rows_carried=result.rows_carried,
         rows_failed=result.rows_failed,
         partitions=parts,
+        app_id=plan.app_id if plan.record_watermark else None,
+        epoch=plan.epoch,
+        source_commit_timestamp=ctx.source_timestamp,
+        plan=plan.kind,
+        mixed_models=plan.mixed_models,
     )
 
 

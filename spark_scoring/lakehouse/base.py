@@ -159,8 +159,15 @@ class Lakehouse(ABC):
     # -- the Delta log -------------------------------------------------------------------
 
     def location(self, table: str) -> str:
-        """The root path or URI of `table` (a catalog name resolved to its storage location)."""
-        raise NotImplementedError
+        """The root path or URI of `table` (a catalog name resolved to its storage location).
+
+        This default serves paths and URIs; a backend that knows catalog names overrides it.
+        """
+        if is_catalog_name(table):
+            raise NotImplementedError(f"{type(self).__name__} cannot resolve catalog name {table!r}")
+        if "://" in table:
+            return table.rstrip("/")
+        return os.path.abspath(os.path.expanduser(table))
 
     def log(self, table: str) -> DeltaLog:
         """The table's Delta log, read directly (`spark_scoring.lakehouse.deltalog`)."""

@@ -449,6 +449,12 @@ class DeltaLog:
                     added[action.key] = action
         return Changes(since, until, tuple(commits), added, removed)
 
+    def missing_files(self, actions: Iterable[FileAction]) -> list[str]:
+        """The data files of `actions` that no longer exist (e.g. removed by VACUUM)."""
+        paths = [a.location(self._root) for a in actions]
+        infos = self._fs.get_file_info(paths) if paths else []
+        return [p for p, info in zip(paths, infos, strict=True) if info.type == pafs.FileType.NotFound]
+
     # -- snapshots ----------------------------------------------------------------------
 
     def _checkpoint_parts(self, version: int) -> list[str] | None:
