@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from pyspark.sql.types import StructField
 
-from spark_scoring.models.tasks.base import LoadedModel, autocast_context, quiet_transformers
+from spark_scoring.models.tasks.base import autocast_context
 from spark_scoring.models.tasks.classification import (
     RETURN_ALL_SCORES,
     ClassScores,
@@ -30,32 +30,11 @@ from spark_scoring.models.tasks.classification import (
 from spark_scoring.models.tasks.vision import MAX_IMAGE_PIXELS, ImageModel, ImageTask
 
 
-class ImageClassificationTask(ImageTask):
-    """Image classification with a Hugging Face model and its image processor."""
-
-    name = "image-classification"
-    options = {"return_all_scores": RETURN_ALL_SCORES, "max_image_pixels": MAX_IMAGE_PIXELS}
-
-    @classmethod
-    def output_fields(cls, model_dir: str, options: Mapping[str, Any]) -> list[StructField]:
-        return classification_fields(options)
-
-    @classmethod
-    def load(
-        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
-    ) -> LoadedModel:
-        return _ImageClassifierModel(model_dir, options, device, precision)
-
-
 class _ImageClassifierModel(ImageModel):
     def __init__(self, model_dir: str, options: Mapping[str, Any], device: str, precision: str):
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification
 
-        super().__init__(options)
-        quiet_transformers()
-        autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
-        self.device, self.precision = device, precision
-        self.processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+        super().__init__(model_dir, options, device, precision)
         self.model = (
             AutoModelForImageClassification.from_pretrained(model_dir, local_files_only=True)
             .to(device)
@@ -71,3 +50,15 @@ class _ImageClassifierModel(ImageModel):
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             logits = self.model(pixel_values=pixels).logits
         return self.head(logits)
+
+
+class ImageClassificationTask(ImageTask):
+    """Image classification with a Hugging Face model and its image processor."""
+
+    name = "image-classification"
+    options = {"return_all_scores": RETURN_ALL_SCORES, "max_image_pixels": MAX_IMAGE_PIXELS}
+    model_class = _ImageClassifierModel
+
+    @classmethod
+    def output_fields(cls, model_dir: str, options: Mapping[str, Any]) -> list[StructField]:
+        return classification_fields(options)

@@ -27,50 +27,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-from pyspark.sql.types import ArrayType, FloatType, StructField
+from pyspark.sql.types import StructField
 
 from spark_scoring.errors import ModelOutputError
-from spark_scoring.models.tasks.base import (
-    LoadedModel,
-    OptionSpec,
-    autocast_context,
-    quiet_transformers,
-)
+from spark_scoring.models.tasks.base import OptionSpec, autocast_context
+from spark_scoring.models.tasks.embedding import EmbeddingTask
 from spark_scoring.models.tasks.vision import MAX_IMAGE_PIXELS, ImageModel, ImageTask
-
-
-class ImageEmbeddingTask(ImageTask):
-    """Image embeddings: CLIP-style image features, else the encoder's pooled output."""
-
-    name = "image-embedding"
-    options = {
-        "normalize": OptionSpec((bool,), "scale each embedding to unit L2 norm"),
-        "max_image_pixels": MAX_IMAGE_PIXELS,
-    }
-
-    @classmethod
-    def output_fields(cls, model_dir: str, options: Mapping[str, Any]) -> list[StructField]:
-        return [StructField("embedding", ArrayType(FloatType(), containsNull=False), nullable=True)]
-
-    @classmethod
-    def load(
-        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
-    ) -> LoadedModel:
-        return _ImageEmbeddingModel(model_dir, options, device, precision)
 
 
 class _ImageEmbeddingModel(ImageModel):
     outputs = {"embedding": "vector"}
 
     def __init__(self, model_dir: str, options: Mapping[str, Any], device: str, precision: str):
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoModel
 
-        super().__init__(options)
-        quiet_transformers()
-        autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
-        self.device, self.precision = device, precision
+        super().__init__(model_dir, options, device, precision)
         self.normalize = bool(options.get("normalize", False))
-        self.processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
         model, info = AutoModel.from_pretrained(
             model_dir, local_files_only=True, output_loading_info=True
         )
@@ -95,6 +67,21 @@ class _ImageEmbeddingModel(ImageModel):
             if self.normalize:
                 emb = torch.nn.functional.normalize(emb, dim=-1)
         return {"embedding": emb.cpu().numpy()}
+
+
+class ImageEmbeddingTask(ImageTask):
+    """Image embeddings: CLIP-style image features, else the encoder's pooled output."""
+
+    name = "image-embedding"
+    options = {
+        "normalize": OptionSpec((bool,), "scale each embedding to unit L2 norm"),
+        "max_image_pixels": MAX_IMAGE_PIXELS,
+    }
+    model_class = _ImageEmbeddingModel
+
+    @classmethod
+    def output_fields(cls, model_dir: str, options: Mapping[str, Any]) -> list[StructField]:
+        return EmbeddingTask.output_fields(model_dir, options)  # the same `embedding` column
 
 
 def _features(result: Any) -> Any:

@@ -36,13 +36,20 @@ import io
 import math
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
 
-from spark_scoring.models.tasks.base import LoadedModel, OptionSpec, Task, positive_int
+from spark_scoring.models.tasks.base import (
+    LoadedModel,
+    OptionSpec,
+    Task,
+    autocast_context,
+    positive_int,
+    quiet_transformers,
+)
 
 #: Pillow's own default decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`).
 DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
@@ -68,33 +75,22 @@ class ImageDecodeError(ValueError):
     """
 
 
-class ImageTask(Task):
-    """A task over one image column: shared options and the driver-side model check."""
-
-    options: Mapping[str, OptionSpec] = {"max_image_pixels": MAX_IMAGE_PIXELS}
-
-    @classmethod
-    def check_model(cls, model_dir: str) -> None:
-        """The model's config and its image processor's config must both be readable."""
-        from transformers import AutoConfig, AutoImageProcessor
-
-        AutoConfig.from_pretrained(model_dir, local_files_only=True)
-        AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
-
-
 class ImageModel(LoadedModel):
-    """A model over one image column with a Hugging Face image processor.
+    """A model over one image column with its Hugging Face image processor.
 
-    Subclasses load `processor` (the model's own `AutoImageProcessor`), set `device` and
-    `precision`, and call `pixel_values` in `predict`.
+    `__init__` loads the processor (`AutoImageProcessor`, the model's own) and checks the
+    precision; subclasses then load their model and call `pixel_values` in `predict`.
     """
 
     length_unit = "pixels"
-    processor: Any
-    device: str
-    precision: str
 
-    def __init__(self, options: Mapping[str, Any]):
+    def __init__(self, model_dir: str, options: Mapping[str, Any], device: str, precision: str):
+        from transformers import AutoImageProcessor
+
+        quiet_transformers()
+        autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
+        self.device, self.precision = device, precision
+        self.processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
         self.max_image_pixels = int(options.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         # (index label, id(value)) -> pixels of the last chunk `invalid_rows` looked at,
         # so that `lengths` does not open every header (or remote file) a second time.
@@ -129,6 +125,28 @@ class ImageModel(LoadedModel):
         images = [decode_image(value, col) for value in inputs[col]]
         batch = self.processor(images=images, return_tensors="pt")
         return batch["pixel_values"].to(self.device)
+
+
+class ImageTask(Task):
+    """A task over one image column: shared options, the driver-side check, `load`."""
+
+    options: Mapping[str, OptionSpec] = {"max_image_pixels": MAX_IMAGE_PIXELS}
+    #: What `load` builds: an `ImageModel` subclass taking (model_dir, options, device, precision).
+    model_class: ClassVar[type[ImageModel]]
+
+    @classmethod
+    def check_model(cls, model_dir: str) -> None:
+        """The model's config and its image processor's config must both be readable."""
+        from transformers import AutoConfig, AutoImageProcessor
+
+        AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+
+    @classmethod
+    def load(
+        cls, model_dir: str, options: Mapping[str, Any], device: str, precision: str
+    ) -> LoadedModel:
+        return cls.model_class(model_dir, options, device, precision)
 
 
 # --------------------------------------------------------------------------------------
