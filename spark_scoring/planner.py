@@ -169,7 +169,13 @@ def _free_epoch(ctx: RunContext, epoch: int) -> int:
 
 
 def _same_source(ctx: RunContext, last: CommitRecord | None) -> bool:
-    return last is not None and (last.source_table_id in (None, ctx.source_table_id))
+    """True when `last` scored this very source table at the pinned version's commit."""
+    return (
+        last is not None
+        and last.source_table_id in (None, ctx.source_table_id)
+        and last.source_version == ctx.source_version
+        and last.source_commit_timestamp in (None, ctx.source_timestamp)
+    )
 
 
 def _check_same_source(ctx: RunContext, last: CommitRecord) -> None:

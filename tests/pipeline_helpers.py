@@ -60,3 +60,24 @@ def job_config(tmp_path: Path, model_dir: str, **overrides: Any) -> JobConfig:
 def read_output(path: Path) -> pd.DataFrame:
     """The output table through an independent reader (delta-rs), sorted by id."""
     return DeltaTable(str(path)).to_pandas().sort_values("id").reset_index(drop=True)
+
+
+def full_refresh_of(tmp_path: Path, spark: Any, model_dir: str, name: str = "reference", **overrides: Any) -> pd.DataFrame:
+    """What a full refresh at the current source version produces (into a separate table)."""
+    from spark_scoring import pipeline
+
+    cfg = job_config(tmp_path, model_dir, name=name, output__table=str(tmp_path / name), **overrides)
+    pipeline.run(cfg, full_refresh=True, spark=spark)
+    return read_output(tmp_path / name)
+
+
+def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, passthrough: Sequence[str] = ("day", "lang")) -> None:
+    """Same keys, partitions, passthrough, inputs hash and embeddings (within 1e-4)."""
+    import numpy as np
+
+    a, b = a.sort_values("id").reset_index(drop=True), b.sort_values("id").reset_index(drop=True)
+    assert a["id"].tolist() == b["id"].tolist()
+    for col in (*passthrough, "input_hash", "error"):
+        assert a[col].tolist() == b[col].tolist(), col
+    ok = a["error"].isna()
+    np.testing.assert_allclose(np.stack(a.loc[ok, "embedding"]), np.stack(b.loc[ok, "embedding"]), atol=1e-4)

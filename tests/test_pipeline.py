@@ -19,11 +19,17 @@ from spark_scoring import pipeline
 from spark_scoring.errors import (
     ConcurrentRunError,
     ErrorBudgetExceeded,
-    HistoryGapError,
     SchemaDriftError,
     ScoringError,
 )
-from tests.pipeline_helpers import job_config, read_output, source_rows, write_source
+from tests.pipeline_helpers import (
+    assert_same_rows,
+    full_refresh_of,
+    job_config,
+    read_output,
+    source_rows,
+    write_source,
+)
 
 PREDICTION = ["embedding", "error", "model_uri", "model_version", "run_id", "scored_at", "source_version", "input_hash"]
 
@@ -41,21 +47,6 @@ def lake(tmp_path):
     write_source(tmp_path / "source", source_rows(range(1, 21), "2026-01-01"))
     write_source(tmp_path / "source", source_rows(range(21, 41), "2026-01-02"))
     return tmp_path
-
-
-def full_refresh_of(tmp_path, spark, minilm_dir, name="reference") -> pd.DataFrame:
-    """What a full refresh at the current source version produces (into a separate table)."""
-    cfg = job_config(tmp_path, minilm_dir, name=name, output__table=str(tmp_path / name))
-    pipeline.run(cfg, full_refresh=True, spark=spark)
-    return read_output(tmp_path / name)
-
-
-def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    """Same keys, partitions, passthrough, inputs hash and embeddings (within 1e-4)."""
-    assert a["id"].tolist() == b["id"].tolist()
-    for col in ("day", "lang", "input_hash", "error"):
-        assert a[col].tolist() == b[col].tolist(), col
-    np.testing.assert_allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), atol=1e-4)
 
 
 def test_first_run_scores_every_row_with_lineage(spark, lake, minilm_dir, encoder):
@@ -133,7 +124,8 @@ def test_dry_run_shows_the_plan_and_writes_nothing(spark, lake, minilm_dir):
     plan = pipeline.run(cfg, dry_run=True, spark=spark)
     assert plan.status == "dry-run"
     assert plan.partitions == 1
-    assert (plan.rows_scored, plan.rows_carried) == (3, 20)
+    assert (plan.rows_scored, plan.rows_carried) == (3, 0)  # an append night reads no old rows
+    assert "only added 1 file(s)" in plan.plan
     assert DeltaTable(str(lake / "output")).version() == version
 
 
@@ -230,7 +222,7 @@ def test_hostile_partition_values(spark, tmp_path, minilm_dir):
     write_source(tmp_path / "source", source_rows([3], HOSTILE_DAYS[0]))
     write_source(tmp_path / "source", pd.DataFrame({"id": [98], "day": [None], "lang": ["en"], "text": ["late null"]}))
     second = pipeline.run(cfg, spark=spark)
-    assert second.partitions == 2 and second.rows_scored == 2 and second.rows_carried == 3
+    assert second.partitions == 2 and second.rows_scored == 2 and second.rows_carried == 0
     out = read_output(tmp_path / "output")
     assert len(out) == 13 and out["id"].is_unique
     assert sorted(out["day"].dropna().unique()) == sorted(HOSTILE_DAYS)
@@ -258,15 +250,19 @@ def test_backfill_rescores_partitions_without_moving_the_watermark(spark, lake, 
     json.dumps(after)  # status is plain data
 
 
-def test_history_gap_is_never_crossed_silently(spark, lake, minilm_dir):
+def test_a_history_gap_is_crossed_by_comparing_every_key_never_silently(spark, lake, minilm_dir):
     cfg = job_config(lake, minilm_dir)
     pipeline.run(cfg, spark=spark)
     for i in range(3):
         write_source(lake / "source", source_rows([100 + i], "2026-01-03"))
+    DeltaTable(str(lake / "source")).delete("id = 7")
     dt = DeltaTable(str(lake / "source"))
     dt.create_checkpoint()
     for v in range(0, dt.version()):  # simulate log cleanup past the watermark
         (lake / "source" / "_delta_log" / f"{v:020d}.json").unlink()
-    with pytest.raises(HistoryGapError, match=r"version 1 \(the last version this job scored\) can no longer be read.*--full-refresh"):
-        pipeline.run(cfg, spark=spark)
-    assert pipeline.run(cfg, full_refresh=True, spark=spark).rows_scored == 43
+    result = pipeline.run(cfg, spark=spark)
+    assert "no longer in its log" in result.plan and "comparing every key" in result.plan
+    assert (result.rows_scored, result.rows_carried) == (3, 39)  # nothing rescored but the new rows
+    out = read_output(lake / "output")
+    assert 7 not in out["id"].tolist() and len(out) == 42
+    assert_same_rows(out, full_refresh_of(lake, spark, minilm_dir))

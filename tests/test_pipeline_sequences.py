@@ -61,14 +61,16 @@ def test_rows_left_by_another_model_are_rescored_under_on_change_rescore(spark, 
     assert set(read_output(small / "output")["model_uri"]) == {result.model_uri}
 
 
-def test_failed_rows_are_retried_by_the_next_run(spark, small, minilm_dir):
+def test_failed_rows_are_retried_when_their_file_changes(spark, small, minilm_dir):
     write_source(small / "source", pd.DataFrame({"id": [50], "day": ["d2"], "lang": ["en"], "text": [None]}))
     cfg = job_config(small, minilm_dir)
     pipeline.run(cfg, spark=spark)
     assert read_output(small / "output").set_index("id").loc[50, "error"] is not None
-    write_source(small / "source", source_rows([51], "d2"))
+    dt = DeltaTable(str(small / "source"))
+    dt.update(predicate="id = 50", updates={"lang": "'de'"})  # rewrites the failed row's file
     second = pipeline.run(cfg, spark=spark)
-    assert second.rows_scored == 2  # the new row and the failed one (a full refresh retries it too)
+    assert second.rows_scored == 1  # the failed row is scored again (and fails again)
+    assert read_output(small / "output").set_index("id").loc[50, "lang"] == "de"
 
 
 def test_compaction_of_the_source_makes_no_commit(spark, small, minilm_dir):
@@ -108,7 +110,18 @@ def test_unpartitioned_source_is_incremental_too(spark, tmp_path, minilm_dir):
     first = pipeline.run(cfg, spark=spark)
     write(source_rows([11, 12], "x").drop(columns=["day"]))
     second = pipeline.run(cfg, spark=spark)
-    assert (second.rows_scored, second.rows_carried) == (2, 10)
+    assert (second.rows_scored, second.rows_carried) == (2, 0)
+    assert "only added" in second.plan
+    removed = [a for a in _commit_actions(tmp_path / "output") if "remove" in a]
+    assert removed == []  # an append night removes no output file
     out = read_output(tmp_path / "output")
     assert out["id"].tolist() == list(range(1, 13))
     assert (out.loc[out["id"] <= 10, "run_id"] == first.run_id).all()
+
+
+def _commit_actions(table, version=None):
+    """The actions of one commit of `table` (default: the latest), from its log file."""
+    import json
+
+    version = DeltaTable(str(table)).version() if version is None else version
+    return [json.loads(line) for line in (table / "_delta_log" / f"{version:020d}.json").read_text().splitlines()]
