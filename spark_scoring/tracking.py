@@ -1,7 +1,11 @@
 """MLflow run tracking for spark-scoring: one MLflow run per scoring run, and its report.
 
 `RunTracker` records one scoring run: params, metrics, tags, the resolved config, a run
-report and a score distribution plot. A run that raises ends FAILED with the reason.
+report and a score distribution plot. A run that raises ends FAILED with the reason. Once
+the run's commit landed (`set_output_version`), nothing the tracker does raises: the data
+is published, so a tracking failure is a warning, never "run failed".
+`close_stale_run` ends, afterwards, a run that published but was killed before its MLflow
+run ended.
 `render_report_markdown` is the pure renderer behind the report; the plot is drawn by
 `spark_scoring.plots`. (Registering models lives in `spark_scoring.models.register`.)
 
@@ -16,20 +20,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_scoring.errors import TrackingError
+from spark_scoring.contract import CommitRecord
+from spark_scoring.errors import TrackingError, first_line
 from spark_scoring.mlflow_env import (
     check_tracking_reachable,
     default_tracking_uri,
+    existing_store_uris,
     get_or_create_experiment,
     make_client,
     quiet_mlflow,
@@ -68,6 +73,11 @@ class RunTracker:
     `KeyboardInterrupt` ends it KILLED. Failures while recording a failure are logged, never
     raised, so the original exception is what the caller sees.
 
+    After `set_output_version` (the commit landed) every call is best effort: it fails fast
+    (one HTTP retry), a failure is logged as a warning, and once MLflow stopped answering
+    the remaining calls are skipped, so a dead tracking server costs seconds, not minutes
+    of retries per call. The run still ends FINISHED when MLflow answers again at the end.
+
     Example:
         >>> with RunTracker(cfg) as tracker:
         ...     tracker.log_params({"job_name": cfg.name, "task": cfg.model.task})
@@ -84,6 +94,9 @@ class RunTracker:
         self._client: MlflowClient | None = None
         self._run_id: str | None = None
         self._ended = False
+        self._published = False
+        self._lost: str | None = None  # why MLflow stopped answering after the commit
+        self._ended_tried = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -127,15 +140,33 @@ class RunTracker:
         """The MLflow run id (None before `start()`)."""
         return self._run_id
 
+    @property
+    def published(self) -> bool:
+        """True once `set_output_version` recorded that the run's commit landed."""
+        return self._published
+
     def end(self, status: str = "FINISHED", failure: str | None = None) -> None:
-        """End the run with `status` (FINISHED | FAILED | KILLED), recording `failure` if given."""
+        """End the run with `status` (FINISHED | FAILED | KILLED), recording `failure` if given.
+
+        After the commit a failure here is logged, not raised (see the class docstring).
+        """
         if self._run_id is None or self._ended:
             return
         client = self._require()
-        with quiet_mlflow(fail_fast=True):
+        tag = "spark_scoring.warning" if self._published else "spark_scoring.failure"
+
+        def call(client: MlflowClient) -> None:
             if failure is not None:
-                client.set_tag(self._run_id, "spark_scoring.failure", _truncate(failure, _MAX_FAILURE_LEN))
+                client.set_tag(self._run_id, tag, _truncate(failure, _MAX_FAILURE_LEN))
             client.set_terminated(self._run_id, status)
+
+        if self._published:
+            self._lost = None  # the end is worth one more try, whatever failed before
+            self._ended_tried = True
+            self._best_effort(f"mark the run {status}", call)
+        else:
+            with quiet_mlflow(fail_fast=True):
+                call(client)
         self._ended = True
 
     def __enter__(self) -> RunTracker:
@@ -151,8 +182,11 @@ class RunTracker:
                     f"marked FINISHED at {self.tracking_uri}: {end_exc}"
                 ) from end_exc
             return False
-        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
         reason = f"{exc_type.__name__}: {exc}"
+        if self._published:  # the data is out: the run did what it is for
+            self.end("FINISHED", failure=f"published, then failed afterwards: {reason}")
+            return False
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
         try:
             self.end(status, failure=reason)
         except Exception:  # noqa: BLE001 - never hide the exception that ended the run
@@ -166,26 +200,45 @@ class RunTracker:
             raise TrackingError("the MLflow run is not started; call RunTracker.start() first")
         return self._client
 
-    @contextlib.contextmanager
-    def _calling(self, what: str) -> Iterator[MlflowClient]:
+    def _call(self, what: str, call: Callable[[MlflowClient], None]) -> None:
+        """Make one MLflow call for this run: strict before the commit, best effort after it."""
         client = self._require()
+        if self._published:
+            self._best_effort(what, call)
+            return
         from mlflow.exceptions import MlflowException
 
         try:
             with quiet_mlflow():
-                yield client
+                call(client)
         except MlflowException as exc:
             raise TrackingError(
                 f"MLflow refused to {what} for run {self._run_id} at {self.tracking_uri}: {exc.message}"
             ) from exc
+
+    def _best_effort(self, what: str, call: Callable[[MlflowClient], None]) -> None:
+        if self._lost is not None:
+            _log.debug("skipped: %s for MLflow run %s (%s)", what, self._run_id, self._lost)
+            return
+        try:
+            with quiet_mlflow(fail_fast=True):
+                call(self._require())
+        except Exception as exc:  # noqa: BLE001 - published: nothing here may fail the run
+            self._lost = f"{type(exc).__name__}: {first_line(exc)}"
+            _log.warning(
+                "output version %s is published, but MLflow run %s could not %s at %s (%s)%s. "
+                "The data is complete: the next run does not redo it, and ends this MLflow run "
+                "if it is left RUNNING",
+                self.output_version, self._run_id, what, self.tracking_uri, self._lost,
+                "" if self._ended_tried else "; its later records are skipped",
+            )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log run params (values become strings; None is skipped). Params are write-once."""
         from mlflow.entities import Param
 
         items = [Param(k, _truncate(str(v), _MAX_PARAM_LEN)) for k, v in params.items() if v is not None]
-        with self._calling("log params") as client:
-            client.log_batch(self._run_id, params=items)
+        self._call("log params", lambda client: client.log_batch(self._run_id, params=items))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
         """Log numeric metrics; None values are skipped, bools become 0/1.
@@ -205,30 +258,30 @@ class RunTracker:
             except (TypeError, ValueError) as exc:
                 raise TrackingError(f"metric {key!r} must be a number, got {value!r}") from exc
             items.append(Metric(key, number, now, step))
-        with self._calling("log metrics") as client:
-            client.log_batch(self._run_id, metrics=items)
+        self._call("log metrics", lambda client: client.log_batch(self._run_id, metrics=items))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values become strings; None is skipped)."""
         from mlflow.entities import RunTag
 
         items = [RunTag(k, _truncate(str(v), _MAX_TAG_LEN)) for k, v in tags.items() if v is not None]
-        with self._calling("set tags") as client:
-            client.log_batch(self._run_id, tags=items)
+        self._call("set tags", lambda client: client.log_batch(self._run_id, tags=items))
 
     def log_config(self, cfg: JobConfig | None = None) -> None:
         """Log the resolved job config as the artifact `config.yaml`."""
-        cfg = cfg or self.cfg
-        with self._calling("log config.yaml") as client:
-            client.log_text(self._run_id, cfg.to_yaml(), "config.yaml")
+        text = (cfg or self.cfg).to_yaml()
+        self._call("log config.yaml", lambda client: client.log_text(self._run_id, text, "config.yaml"))
 
     def log_report(self, report: Mapping[str, Any]) -> None:
         """Log a run report as `report.json` and a readable `report.md` rendered from it."""
         text = json.dumps(report, indent=2, sort_keys=False, default=str)
         markdown = render_report_markdown(report, job=self.cfg.name, run_id=self._run_id)
-        with self._calling("log the run report") as client:
+
+        def call(client: MlflowClient) -> None:
             client.log_text(self._run_id, text, "report.json")
             client.log_text(self._run_id, markdown, "report.md")
+
+        self._call("log the run report", call)
 
     def log_distribution(self, values: np.ndarray, kind: str, title: str) -> None:
         """Log a histogram PNG `distribution.png` of scores or embedding norms.
@@ -243,13 +296,20 @@ class RunTracker:
         if kind not in ("score", "embedding_norm"):
             raise TrackingError(f"distribution kind {kind!r} is not supported; use 'score' or 'embedding_norm'")
         png = render_distribution_png(values, kind, self._plot_title(title))
-        with self._calling("log distribution.png") as client, tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp, "distribution.png")
-            target.write_bytes(png)
-            client.log_artifact(self._run_id, str(target))
+
+        def call(client: MlflowClient) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                target = Path(tmp, "distribution.png")
+                target.write_bytes(png)
+                client.log_artifact(self._run_id, str(target))
+
+        self._call("log distribution.png", call)
 
     def set_output_version(self, version: int) -> None:
-        """Record the output table's Delta version (tag `spark_scoring.output_version` + metric)."""
+        """Record that the run's commit landed as output version `version` (tag
+        `spark_scoring.output_version` + metric). From here on the tracker never raises
+        (see the class docstring)."""
+        self._published = True
         self.output_version = int(version)
         self.set_tags({"spark_scoring.output_version": self.output_version})
         self.log_metrics({"output_version": self.output_version})
@@ -259,6 +319,63 @@ class RunTracker:
         if self.output_version is not None:
             suffix += f", output version {self.output_version}"
         return f"{title}\n({suffix})"
+
+
+# --------------------------------------------------------------------------------------
+# Runs that published but never ended
+# --------------------------------------------------------------------------------------
+
+#: Tag on an MLflow run that a later run ended (its process stopped after the commit).
+CLOSED_AFTERWARDS_TAG = "spark_scoring.closed_afterwards"
+
+
+def close_stale_run(cfg: JobConfig, record: CommitRecord | None, *, output_version: int | None = None) -> str | None:
+    """End the MLflow run behind the output's last commit when it is still RUNNING.
+
+    A run whose process is killed after its commit landed and before its MLflow run ended
+    leaves published rows whose `run_id` names a run that stays RUNNING forever. The next
+    run of the job calls this at its start with the job's last commit record: that run is
+    marked FINISHED (the data it made is published) with tag `CLOSED_AFTERWARDS_TAG`
+    saying so, and `spark_scoring.output_version` when it is missing. Its metrics and
+    report may be missing; the rows and the commit metadata are complete.
+
+    Best effort and quick: an unreachable server, a missing store, a run that is not
+    there (another tracking server) or not this job's is left alone (logged), never an
+    error, so a tracking problem cannot stop the night's run.
+
+    Args:
+        cfg: the job config (its MLflow tracking URI).
+        record: the output's last commit record of this job (None: nothing to close).
+        output_version: the output version that commit made.
+
+    Returns:
+        The id of the run that was ended, or None.
+    """
+    if record is None or not record.run_id or record.job != cfg.name:
+        return None
+    uri = cfg.mlflow.tracking_uri or default_tracking_uri()
+    try:
+        existing_store_uris(uri, uri)  # never creates a store; a dead server fails in seconds
+        client = make_client(uri)
+        with quiet_mlflow(fail_fast=True):
+            run = client.get_run(record.run_id)
+            if run.info.status != "RUNNING" or run.data.tags.get("spark_scoring.job") != cfg.name:
+                return None
+            note = (f"ended by a later run of job {cfg.name!r}: this run's commit landed"
+                    + (f" (output version {output_version})" if output_version is not None else "")
+                    + " but its process stopped before it ended this MLflow run; its rows are "
+                    "published, its metrics and report may be missing")
+            client.set_tag(run.info.run_id, CLOSED_AFTERWARDS_TAG, note)
+            if output_version is not None and "spark_scoring.output_version" not in run.data.tags:
+                client.set_tag(run.info.run_id, "spark_scoring.output_version", str(output_version))
+            client.set_terminated(run.info.run_id, "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - see above: never fails a run
+        _log.warning("could not check or end MLflow run %s of the last commit at %s: %s",
+                     record.run_id, uri, first_line(exc))
+        return None
+    _log.warning("MLflow run %s published but was left RUNNING; marked it FINISHED (tag %s)",
+                 record.run_id, CLOSED_AFTERWARDS_TAG)
+    return record.run_id
 
 
 # --------------------------------------------------------------------------------------

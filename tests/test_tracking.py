@@ -275,3 +275,97 @@ def test_distribution_png_is_a_labelled_histogram():
     assert img.shape[:2] == (420, 700)
     empty = render_distribution_png(np.array([np.nan]), "score", "No scores")
     assert empty.startswith(PNG_MAGIC)
+
+
+# --------------------------------------------------------------------------------------
+# after the commit: tracking failures are warnings; runs left RUNNING are closed later
+# --------------------------------------------------------------------------------------
+
+
+def test_after_the_commit_a_dead_tracking_server_is_a_warning_and_costs_seconds(store_uri, caplog):
+    from mlflow import MlflowClient
+
+    cfg = _cfg(store_uri, name="published-then-gone")
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    with RunTracker(cfg) as tracker:
+        run_id = tracker.run_id
+        tracker.log_metrics({"rows_read": 10})
+        tracker.set_output_version(4)  # the commit landed
+        assert tracker.published
+        tracker._client = MlflowClient(tracking_uri=dead, registry_uri=dead)  # the server is gone
+        tracker.log_metrics({"rows_scored": 10})
+        tracker.log_report(REPORT)
+        tracker.log_distribution(np.ones(5), kind="score", title="x")
+        tracker.set_tags({"a": 1})
+    assert time.perf_counter() - t0 < 60
+    lost = [r for r in caplog.records if "is published, but MLflow run" in r.getMessage()]
+    assert len(lost) == 2, [r.getMessage() for r in lost]  # the first call, then the end; the rest skipped
+    assert f"output version 4 is published, but MLflow run {run_id} could not log metrics at " in lost[0].getMessage()
+    assert "Connection refused" in lost[0].getMessage() and "its later records are skipped" in lost[0].getMessage()
+    assert "The data is complete: the next run does not redo it" in lost[0].getMessage()
+    assert "could not mark the run FINISHED" in lost[1].getMessage()
+    assert "later records" not in lost[1].getMessage()
+    run = _client(store_uri).get_run(run_id)
+    assert run.info.status == "RUNNING"  # what close_stale_run is for
+    assert run.data.tags["spark_scoring.output_version"] == "4" and "rows_scored" not in run.data.metrics
+
+
+def test_after_the_commit_an_exception_still_ends_the_run_finished(store_uri):
+    with pytest.raises(RuntimeError, match="cleanup failed"), RunTracker(_cfg(store_uri, name="late-failure")) as tracker:
+        run_id = tracker.run_id
+        tracker.set_output_version(2)
+        raise RuntimeError("cleanup failed")
+    run = _client(store_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["spark_scoring.warning"] == "published, then failed afterwards: RuntimeError: cleanup failed"
+    assert "spark_scoring.failure" not in run.data.tags
+
+
+def _left_running(store_uri: str, name: str):
+    """A run of job `name` that published output version 3 and was never ended (its process died)."""
+    from spark_scoring.contract import CommitRecord
+
+    tracker = RunTracker(_cfg(store_uri, name=name)).start()
+    tracker.log_metrics({"rows_scored": 5})
+    return tracker.run_id, CommitRecord(run_id=tracker.run_id, job=name, mode="run", source_version=1)
+
+
+def test_close_stale_run_finishes_the_run_behind_the_last_commit(store_uri):
+    from spark_scoring.tracking import CLOSED_AFTERWARDS_TAG, close_stale_run
+
+    cfg = _cfg(store_uri, name="killed-after-commit")
+    run_id, record = _left_running(store_uri, cfg.name)
+    assert _client(store_uri).get_run(run_id).info.status == "RUNNING"
+    assert close_stale_run(cfg, record, output_version=3) == run_id
+    run = _client(store_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time is not None
+    assert run.data.tags[CLOSED_AFTERWARDS_TAG].startswith(
+        "ended by a later run of job 'killed-after-commit': this run's commit landed (output version 3) but its process "
+        "stopped before it ended this MLflow run")
+    assert run.data.tags["spark_scoring.output_version"] == "3"
+    assert run.data.metrics["rows_scored"] == 5.0  # what it had recorded stays
+    assert close_stale_run(cfg, record, output_version=3) is None  # once only
+
+
+def test_close_stale_run_leaves_other_runs_alone(store_uri, tmp_path):
+    from spark_scoring.contract import CommitRecord
+    from spark_scoring.tracking import close_stale_run
+
+    cfg = _cfg(store_uri, name="careful")
+    with RunTracker(cfg) as tracker:  # ended normally
+        finished = tracker.run_id
+    assert close_stale_run(cfg, CommitRecord(run_id=finished, job=cfg.name)) is None
+    other_job, record = _left_running(store_uri, "someone-else")
+    assert close_stale_run(cfg, record) is None  # the record is another job's
+    assert close_stale_run(cfg, CommitRecord(run_id=other_job, job=cfg.name)) is None  # the run is
+    assert _client(store_uri).get_run(other_job).info.status == "RUNNING"
+    assert close_stale_run(cfg, None) is None
+    assert close_stale_run(cfg, CommitRecord(run_id="0" * 32, job=cfg.name)) is None  # not in this store
+    missing = _cfg(f"sqlite:///{tmp_path / 'nothing.db'}", name="careful")
+    assert close_stale_run(missing, CommitRecord(run_id=finished, job="careful")) is None
+    assert not (tmp_path / "nothing.db").exists()  # no store was created
+    t0 = time.perf_counter()
+    dead = _cfg(f"http://127.0.0.1:{_free_port()}", name="careful")
+    assert close_stale_run(dead, CommitRecord(run_id=finished, job="careful")) is None
+    assert time.perf_counter() - t0 < 15
