@@ -4,7 +4,9 @@ One `TaskSpec` per task in `_SPECS` below is the ONE list of tasks: the config's
 `model.task` values, the CLI's `--task` choices, the input-column rules, which MLflow
 flavours and transformers pipelines serve a task, and how `register_model` logs a plain
 Hugging Face directory all read it. Adding a task = one module implementing
-`spark_scoring.models.tasks.base.Task` plus one `TaskSpec` entry here.
+`spark_scoring.models.tasks.base.Task` plus one `TaskSpec` entry here (an image task
+subclasses `vision.ImageTask` / `vision.ImageModel`, which read, check and decode the
+images, count their pixels and apply the model's image processor).
 
 This module stays light (standard library only): parsing a config or printing `--help`
 reads it, so it must not import torch, transformers or pyspark. Task classes load lazily
