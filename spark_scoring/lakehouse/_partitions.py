@@ -318,16 +318,52 @@ def check_partition_values(
     return checked
 
 
-def spec_matches(
-    spec: Mapping[str, str | None],
-    file_values: Mapping[str, str | None],
-    types: Mapping[str, DataType],
-) -> bool:
-    """True when a file's partition values match every column of `spec` (typed comparison)."""
-    for column, wanted in spec.items():
-        have = file_values.get(column)
-        if normalize_partition_string(wanted, types[column], column) != normalize_partition_string(
-            have, types[column], column
-        ):
-            return False
-    return True
+class PartitionMatcher:
+    """Which files (or rows) fall inside some of a list of partition specs, by hash lookup.
+
+    Specs may name all partition columns or only some (`{"day": "2024-05-01"}` of a table
+    partitioned by day and hour). Values are compared typed, in canonical string form
+    ('7' and '007' are the same int partition): each spec becomes a tuple of canonical
+    values in a set per column set, and `matches` looks a file's values up in each set, so
+    matching F files against P specs costs O(F + P), not O(F x P). Canonical forms are
+    cached per (column, value), since files repeat their partitions' values.
+
+    Example:
+        >>> m = PartitionMatcher([{"day": "2024-05-01"}], {"day": DateType()}, ["day"])
+        >>> m.matches({"day": "2024-05-01"}), m.matches({"day": "2024-05-02"})
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[Mapping[str, str | None]],
+        types: Mapping[str, DataType],
+        partition_columns: Sequence[str],
+    ):
+        self._types = types
+        self._canonical: dict[tuple[str, str | None], str | None] = {}
+        self._groups: dict[tuple[str, ...], set[tuple[str | None, ...]]] = {}
+        order = {c: i for i, c in enumerate(partition_columns)}
+        for spec in specs:
+            checked = check_partition_spec(spec, partition_columns)
+            columns = tuple(sorted(checked, key=order.__getitem__))
+            self._groups.setdefault(columns, set()).add(tuple(self.canonical(c, checked[c]) for c in columns))
+
+    def canonical(self, column: str, value: str | None) -> str | None:
+        """The canonical Delta string form of one value of `column` (cached)."""
+        found = self._canonical.get((column, value), _MISSING)
+        if found is _MISSING:
+            found = normalize_partition_string(value, self._types[column], column)
+            self._canonical[(column, value)] = found
+        return found  # type: ignore[return-value]
+
+    def key(self, values: Mapping[str, str | None], columns: Sequence[str]) -> tuple[str | None, ...]:
+        """The canonical values of `columns` in `values` (a hashable partition identity)."""
+        return tuple(self.canonical(c, values.get(c)) for c in columns)
+
+    def matches(self, values: Mapping[str, str | None]) -> bool:
+        """True when `values` (a file's partition values) match some spec."""
+        return any(self.key(values, columns) in wanted for columns, wanted in self._groups.items())
+
+
+_MISSING = object()

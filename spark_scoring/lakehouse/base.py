@@ -16,17 +16,18 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from spark_scoring.errors import ConcurrentRunError, LakehouseError
+from spark_scoring import tableref
+from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError
 from spark_scoring.lakehouse import _partitions as parts
-from spark_scoring.lakehouse.deltalog import Changes, DeltaLog
+from spark_scoring.lakehouse.deltalog import Changes, DeltaLog, FileAction, HistoryEntry
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
@@ -40,6 +41,10 @@ RESERVED_COMMIT_KEYS = frozenset(
     }
 )
 
+class ProtectedTableError(LakehouseError):
+    """A write would land on, inside, or around a table the caller protected (`protected=`)."""
+
+
 def parse_user_metadata(user: Any) -> dict[str, Any]:
     """The custom commit metadata a commit's `userMetadata` holds (JSON written by `write`).
 
@@ -52,6 +57,25 @@ def parse_user_metadata(user: Any) -> dict[str, Any]:
     except ValueError:
         parsed = None
     return dict(parsed) if isinstance(parsed, dict) else {"userMetadata": user}
+
+
+def commit_metadata(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The custom metadata of one commitInfo: the keys Delta does not reserve (delta-rs
+    writes custom metadata as top-level keys) plus the JSON in `userMetadata`."""
+    metadata = {k: v for k, v in info.items() if k not in RESERVED_COMMIT_KEYS}
+    metadata.update(parse_user_metadata(info.get("userMetadata")))
+    return metadata
+
+
+def commit_info(entry: HistoryEntry) -> CommitInfo:
+    """The `CommitInfo` of a log history entry (timestamp in UTC, custom metadata parsed)."""
+    stamp = entry.timestamp
+    return CommitInfo(
+        version=entry.version,
+        timestamp=datetime.fromtimestamp(stamp / 1000, tz=timezone.utc) if stamp is not None else None,
+        operation=entry.operation,
+        metadata=commit_metadata(entry.info),
+    )
 
 
 PartitionValues = Mapping[str, "str | None"]
@@ -74,12 +98,45 @@ def is_catalog_name(table: str) -> bool:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One active data file of a table version."""
+    """One active data file of a table version.
+
+    Attributes:
+        path: the file's absolute path or URI (decoded).
+        partition_values: Delta string form per partition column (None for null).
+        size: bytes.
+        num_records: the file's rows that are in the table (its deletion vector applied),
+            when its statistics say.
+        log_path: the path as the log stores it (table-relative and URI-encoded, or an
+            absolute URI); None when unknown.
+        dv_id: the id of the file's deletion vector (`deltalog.dv_id`), or None.
+        action: the log's `add` action (statistics, deletion vector, tags), or None.
+    """
 
     path: str
     partition_values: Mapping[str, str | None]
     size: int
     num_records: int | None = None
+    log_path: str | None = None
+    dv_id: str | None = None
+    action: FileAction | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """This file state's identity in the log (`FileAction.key`), as `read(files=...)` takes it."""
+        return (self.log_path if self.log_path is not None else self.path, self.dv_id)
+
+    @classmethod
+    def from_action(cls, action: FileAction, root: str) -> FileEntry:
+        """The entry of an `add` action of the table at `root`."""
+        return cls(
+            path=action.location(root),
+            partition_values=dict(action.partition_values),
+            size=int(action.size or 0),
+            num_records=action.live_records,
+            log_path=action.path,
+            dv_id=action.key[1],
+            action=action,
+        )
 
 
 @dataclass(frozen=True)
@@ -182,25 +239,49 @@ class Lakehouse(ABC):
         """
         return self.log(table).changes(since, until)
 
-    @abstractmethod
-    def exists(self, table: str) -> bool:
-        """True when `table` is an existing Delta table."""
+    # Table metadata, from the Delta log alone (checkpoints included) on every engine: never
+    # a Spark job, never a data file, and always at the version asked for.
 
-    @abstractmethod
+    def exists(self, table: str) -> bool:
+        """True when `table` is an existing Delta table (its log has a commit or checkpoint)."""
+        try:
+            return self.log(table).exists()
+        except TableNotFoundError:
+            return False
+
     def table_id(self, table: str) -> str:
         """The table's unique id (Delta metadata id): it changes when a table is recreated."""
+        return self.log(table).state().metadata.id
 
-    @abstractmethod
     def latest_version(self, table: str) -> int:
         """The newest committed version. Raises TableNotFoundError."""
+        return self.log(table).latest_version()
 
-    @abstractmethod
     def schema(self, table: str, version: int | None = None) -> StructType:
-        """The Spark schema of the table (partition columns included)."""
+        """The Spark schema of the table at `version` (None: latest), partition columns included."""
+        return StructType.fromJson(self.log(table).state(version).metadata.schema)
 
-    @abstractmethod
     def partition_columns(self, table: str, version: int | None = None) -> list[str]:
-        """The table's partition columns, in order."""
+        """The table's partition columns at `version` (None: latest), in order."""
+        return list(self.log(table).state(version).metadata.partition_columns)
+
+    def files(self, table: str, version: int) -> list[FileEntry]:
+        """The active data files of `version`, with their partition values, sorted by path."""
+        log_ = self.log(table)
+        entries = [FileEntry.from_action(a, log_.root) for a in log_.snapshot(version).files.values()]
+        return sorted(entries, key=lambda e: (e.path, e.dv_id or ""))
+
+    def transaction_version(self, table: str, app_id: str, version: int | None = None) -> int | None:
+        """The SetTransaction version recorded for `app_id` (None if never), as of `version`."""
+        return self.log(table).transaction_version(app_id, version)
+
+    def history(self, table: str, limit: int | None = None) -> list[CommitInfo]:
+        """Commits, newest first, with their custom commit metadata (`commit_metadata`).
+
+        Reads only the newest `limit` commit files (None: every commit file the log keeps;
+        after log cleanup the history starts at the oldest one kept).
+        """
+        return [commit_info(entry) for entry in self.log(table).history(limit)]
 
     @abstractmethod
     def read(
@@ -209,24 +290,21 @@ class Lakehouse(ABC):
         version: int,
         *,
         partitions: Sequence[PartitionValues] | None = None,
+        files: Iterable[FileAction | tuple[str, str | None]] | None = None,
         columns: Sequence[str] | None = None,
     ) -> DataFrame:
         """Read `table` as of `version`, keeping only the listed partitions (None: all).
 
+        Args:
+            partitions: keep only the files of these partitions (None: every partition).
+            files: read only these file states of `version`: `FileAction` objects or their
+                keys `(path as in the log, deletion vector id)` (None: every file). A key
+                that is not a file state of `version` is an error. Combined with
+                `partitions`, a file must satisfy both.
+            columns: the columns to read (None: all).
+
         The read is lazy and parallel; the version is pinned, so later commits are not seen.
         """
-
-    @abstractmethod
-    def files(self, table: str, version: int) -> list[FileEntry]:
-        """The active data files of `version`, with their partition values."""
-
-    @abstractmethod
-    def transaction_version(self, table: str, app_id: str, version: int | None = None) -> int | None:
-        """The SetTransaction version recorded for `app_id` (None if never), as of `version`."""
-
-    @abstractmethod
-    def history(self, table: str, limit: int | None = None) -> list[CommitInfo]:
-        """Commits, newest first, with their custom commit metadata."""
 
     def write(
         self,
@@ -242,6 +320,7 @@ class Lakehouse(ABC):
         metadata: Mapping[str, str] | None = None,
         key: str | None = None,
         deletes: DataFrame | None = None,
+        protected: Sequence[str] = (),
     ) -> WriteResult:
         """Write `df` in ONE atomic Delta commit.
 
@@ -253,9 +332,14 @@ class Lakehouse(ABC):
                 `df` enter it; every other row stays where it is. The engine rewrites only
                 the files holding such keys (copy-on-write), or marks them with deletion
                 vectors where the table has them enabled (merge-on-read, JVM engine)).
-            key: the row key column ("upsert" only; keys are unique in the table and in df).
+            key: the row key column ("upsert" only; keys are unique in the table and in df,
+                never null).
             deletes: "upsert" only: rows with the key (and partition columns, when the
-                table has them) of rows to remove; None: remove none.
+                table has them) of rows to remove; None: remove none. On a partitioned
+                table a row is matched by its partition values AND its key: a row moving
+                to another partition needs its old partition values in `deletes` (else
+                its old row stays). `df` and `deletes` are evaluated more than once (their
+                keys first, to find the files to rewrite): persist them when costly.
             partition_by: partition columns when the table is created by this write.
             partitions: the partitions replaced by "replace_partitions".
             expected_version: the table version the caller planned against (None: the table
@@ -263,14 +347,21 @@ class Lakehouse(ABC):
                 ConcurrentRunError and publish nothing.
             app_id, txn_version: record a SetTransaction in the same commit.
             metadata: custom commit metadata (string values).
+            protected: tables (paths, URIs or catalog names) this write must not touch:
+                the write is refused when its table's location equals, lies inside, or
+                contains one of theirs (compared as real paths: `./`, `..`, trailing
+                slashes, symlinks and `file:` URIs resolved; catalog names through
+                `location`). A last line of defence behind the job config's own check.
 
         Raises:
             ConcurrentRunError: another writer committed since `expected_version`.
+            ProtectedTableError: the table overlaps a `protected` one; nothing was written.
             LakehouseError: the write failed; nothing was published.
         """
         # Template method: everything that does not depend on the engine is checked here,
         # once, in this order; the backend's `_write` only writes and commits.
         checked_metadata = _check_write_arguments(mode, app_id, txn_version, metadata)
+        self._check_not_protected(table, protected)
         latest = self.latest_version(table) if self.exists(table) else None
         if self._write_preconditions(
             table, latest=latest, expected_version=expected_version, app_id=app_id, txn_version=txn_version,
@@ -296,7 +387,26 @@ class Lakehouse(ABC):
         )
         if mode == "replace_partitions":
             _check_replaced_partitions(request)
+        _check_upsert_arguments(request)
         return self._write(request)
+
+    def _check_not_protected(self, table: str, protected: Sequence[str]) -> None:
+        """Refuse a write to `table` when its location overlaps a protected table's."""
+        if not protected:
+            return
+        target = self.location(table)
+        for other in protected:
+            where = self.location(other)
+            how = tableref.overlap(target, where)
+            if how is None:
+                continue
+            relation = {"same": "is the same table as", "inside": "lies inside", "contains": "contains"}[how]
+            raise ProtectedTableError(
+                f"refusing to write {table!r} (at {target}): it {relation} the protected table {other!r} "
+                f"(at {where}), so the write would overwrite it or lose its files and log to a VACUUM. "
+                "Nothing was written. Point the write at a location outside every protected table (for a "
+                "job: output.table and errors.quarantine_table must not overlap source.table or each other)."
+            )
 
     @abstractmethod
     def _write(self, request: WriteRequest) -> WriteResult:
@@ -387,6 +497,26 @@ def _check_write_arguments(
             "your own keys (e.g. 'spark_scoring.run_id') with string values"
         )
     return checked
+
+
+def _check_upsert_arguments(request: WriteRequest) -> None:
+    """What "upsert" needs (a key column in the rows and the deletes), and that only it gets them."""
+    if request.mode != "upsert":
+        if request.key is not None or request.deletes is not None:
+            raise LakehouseError(f"key and deletes are arguments of mode 'upsert' only, not of {request.mode!r}")
+        return
+    if not request.key:
+        raise LakehouseError("mode 'upsert' needs the key column (key=...), whose values identify rows")
+    needed = [*request.partition_columns, request.key] if request.table_exists else [request.key]
+    for what, frame in (("rows to write", request.df), ("deletes", request.deletes)):
+        if frame is None:
+            continue
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise LakehouseError(
+                f"mode 'upsert': columns {missing} are not columns of the {what} {frame.columns}; give the key "
+                "and the table's partition columns"
+            )
 
 
 def _check_replaced_partitions(request: WriteRequest) -> None:

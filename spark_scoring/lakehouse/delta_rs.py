@@ -2,37 +2,51 @@
 
 For pip-only installs, where the JVM Delta connector is not on the classpath. Reads and
 writes run as ordinary parallel Spark jobs through the `spark_scoring_delta_rs` data
-source (see `_delta_rs`); the Delta log is read and committed with `deltalake` on the
-driver. Only table paths (local or object-store URIs) work here: catalog tables need the
+source (see `_delta_rs`). Table metadata and read planning come from the Delta log itself
+(`deltalog`, through the base class and the data source); `deltalake` only makes the
+commit. Only table paths (local or object-store URIs) work here: catalog tables need the
 JVM connector.
+
+Upserts (`mode="upsert"`) are copy-on-write: the files that can hold an affected key
+(by partition values and key statistics, `keyranges`) are read, their rows whose key is
+not affected are written again together with the new rows, and ONE commit removes those
+files and adds the new ones. A key that no file can hold is a plain insert.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import reduce
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from spark_scoring.errors import LakehouseError, TableNotFoundError, from_spark
+from spark_scoring.errors import LakehouseError, from_spark
 from spark_scoring.lakehouse import _delta_rs as ds
 from spark_scoring.lakehouse import _partitions as parts
+from spark_scoring.lakehouse import keyranges
 from spark_scoring.lakehouse.base import (
-    CommitInfo,
-    FileEntry,
     Lakehouse,
     PartitionValues,
     WriteRequest,
     WriteResult,
     is_catalog_name,
 )
+from spark_scoring.lakehouse.deltalog import DeltaLog, FileAction, Snapshot
 
 log = logging.getLogger("spark_scoring.lakehouse")
+
+#: An upsert collects its affected keys to the driver, exactly, when there are at most
+#: this many (partition, key) pairs (a few hundred kB); above, it collects each
+#: partition's min and max key instead, which may select more files to rewrite.
+EXACT_KEYS_LIMIT = 10_000
+
 
 class DeltaRsLakehouse(Lakehouse):
     """Delta tables at paths, read and written through delta-rs and Spark's Python data sources.
@@ -54,8 +68,8 @@ class DeltaRsLakehouse(Lakehouse):
 
     # ------------------------------------------------------------------ references
 
-    def _path(self, table: str) -> str:
-        """The absolute path or URI of a table reference; refuses catalog names."""
+    def location(self, table: str) -> str:
+        """The absolute path or URI of a table path; refuses catalog names (JVM engine only)."""
         if is_catalog_name(table):
             raise LakehouseError(
                 f"{table!r} looks like a catalog table name; the delta-rs engine reads and writes "
@@ -67,66 +81,6 @@ class DeltaRsLakehouse(Lakehouse):
             return table.rstrip("/")
         return os.path.abspath(os.path.expanduser(table))
 
-    def _open(self, table: str, version: int | None = None):
-        path = self._path(table)
-        if not ds.table_exists(path):
-            raise TableNotFoundError(
-                f"no Delta table at {table!r} (no _delta_log there); check the path, or create "
-                "the table with a first write"
-            )
-        return ds.open_table(path, version, table=table)
-
-    # ------------------------------------------------------------------ metadata
-
-    def exists(self, table: str) -> bool:
-        return ds.table_exists(self._path(table))
-
-    def table_id(self, table: str) -> str:
-        return str(self._open(table).metadata().id)
-
-    def latest_version(self, table: str) -> int:
-        return int(self._open(table).version())
-
-    def schema(self, table: str, version: int | None = None) -> StructType:
-        return ds.spark_schema(self._open(table, version))
-
-    def partition_columns(self, table: str, version: int | None = None) -> list[str]:
-        return ds.partition_columns(self._open(table, version))
-
-    def files(self, table: str, version: int) -> list[FileEntry]:
-        delta_table = self._open(table, version)
-        return [
-            FileEntry(
-                path=f["location"],
-                partition_values=dict(f["partition_values"]),
-                size=f["size"],
-                num_records=f["num_records"],
-            )
-            for f in ds.active_files(delta_table)
-        ]
-
-    def transaction_version(self, table: str, app_id: str, version: int | None = None) -> int | None:
-        recorded = self._open(table, version).transaction_version(app_id)
-        return None if recorded is None else int(recorded)
-
-    def history(self, table: str, limit: int | None = None) -> list[CommitInfo]:
-        entries = self._open(table).history(limit)
-        commits = []
-        for entry in entries:
-            stamp = entry.get("timestamp")
-            commits.append(
-                CommitInfo(
-                    version=int(entry["version"]),
-                    timestamp=(
-                        dt.datetime.fromtimestamp(stamp / 1000, tz=dt.timezone.utc) if stamp is not None else None
-                    ),
-                    operation=str(entry.get("operation", "")),
-                    metadata=ds.commit_metadata(entry),
-                )
-            )
-        commits.sort(key=lambda c: c.version, reverse=True)
-        return commits
-
     # ------------------------------------------------------------------ read
 
     def read_plan(
@@ -135,9 +89,13 @@ class DeltaRsLakehouse(Lakehouse):
         version: int,
         *,
         partitions: Sequence[PartitionValues] | None = None,
+        files: Iterable[Any] | None = None,
     ) -> list[list[str]]:
         """The files each Spark task of `read(...)` opens, one list per task (for checks and tests)."""
-        reader = ds.DeltaRsReader(self._read_options(table, version, partitions, None), StructType())
+        options = self._read_options(table, version, partitions, None)
+        if files is not None:
+            options["planned"] = json.dumps(self._planned(table, version, partitions, files))
+        reader = ds.DeltaRsReader(options, StructType())
         return [[f["location"] for f in group] for group in reader.plan()]
 
     def _read_options(
@@ -148,7 +106,7 @@ class DeltaRsLakehouse(Lakehouse):
         columns: Sequence[str] | None,
     ) -> dict[str, str]:
         options = {
-            "path": self._path(table),
+            "path": self.location(table),
             "version": str(int(version)),
             "max_bytes_per_task": str(self.max_bytes_per_task),
         }
@@ -158,21 +116,36 @@ class DeltaRsLakehouse(Lakehouse):
             options["columns"] = json.dumps(list(columns))
         return options
 
+    def _planned(
+        self, table: str, version: int, partitions: Sequence[PartitionValues] | None, files: Iterable[Any] | None
+    ) -> list[dict[str, Any]]:
+        """The task files of a read planned here, on the driver (checked: no deletion vectors)."""
+        delta_log = self.log(table)
+        snapshot = delta_log.snapshot(version)
+        keys = None if files is None else [_file_key(f) for f in files]
+        chosen = ds.select_files(snapshot, partitions, keys, table)
+        ds.check_readable(snapshot, table, chosen)
+        return [ds.task_file(f, delta_log.root) for f in chosen]
+
     def read(
         self,
         table: str,
         version: int,
         *,
         partitions: Sequence[PartitionValues] | None = None,
+        files: Iterable[Any] | None = None,
         columns: Sequence[str] | None = None,
     ) -> DataFrame:
-        delta_table = self._open(table, version)
-        ds.check_supported(delta_table, table)
-        full = ds.spark_schema(delta_table)
-        table_parts = ds.partition_columns(delta_table)
+        """Read `table` as of `version` (see `Lakehouse.read`).
+
+        Refuses (UnsupportedTableFeatureError) tables with column mapping, and files with
+        deletion vectors: plain Parquet reads would return their deleted rows.
+        """
+        state = self.log(table).state(version)
+        full = ds.spark_schema(state)
         if partitions is not None:
             for spec in partitions:  # fail here, on the driver, with the clear message
-                parts.check_partition_values(spec, table_parts, full)
+                parts.check_partition_values(spec, ds.partition_columns(state), full)
         schema = full
         if columns is not None:
             by_name = {f.name: f for f in full.fields}
@@ -183,7 +156,12 @@ class DeltaRsLakehouse(Lakehouse):
                     f"{version}); its columns are {full.fieldNames()}"
                 )
             schema = StructType([by_name[c] for c in columns])
+        ds.check_readable(state, table)
         options = self._read_options(table, version, partitions, columns)
+        if files is not None or "deletionVectors" in state.protocol.features:
+            # Plan here: the files asked for must be checked against the version anyway, and
+            # a table with deletion vectors must be checked file by file.
+            options["planned"] = json.dumps(self._planned(table, version, partitions, files))
         log.debug("delta-rs read of %s at version %s (partitions %s)", table, version, partitions)
         ds.activate(self.spark)
         return self.spark.read.format(ds.DATA_SOURCE_NAME).schema(schema).options(**options).load()
@@ -192,23 +170,37 @@ class DeltaRsLakehouse(Lakehouse):
 
     def _write(self, request: WriteRequest) -> WriteResult:
         df, table, mode = request.df, request.table, request.mode
-        path = self._path(table)
         if request.table_exists:
             # The version the caller planned against (write() checked it is the latest).
-            delta_table = ds.open_table(path, request.expected_version, table=table)
-            ds.check_supported(delta_table, table)
+            state = self.log(table).state(request.expected_version)
+            ds.check_writable(state, table)
             if mode != "overwrite":
-                _check_same_schema(df.schema, ds.spark_schema(delta_table), table)
+                _check_same_schema(df.schema, ds.spark_schema(state), table)
                 if request.partition_by and request.partition_by != request.partition_columns:
                     raise LakehouseError(
                         f"partition_by {list(request.partition_by)} differs from the partitioning of "
                         f"{table!r} ({list(request.partition_columns)}); only mode 'overwrite' can change it"
                     )
-        write_parts = list(request.partition_columns)
-        missing = [c for c in write_parts if c not in df.columns]
+        missing = [c for c in request.partition_columns if c not in df.columns]
         if missing:
             raise LakehouseError(f"partition columns {missing} are not columns of the rows to write {df.columns}")
+        if mode == "upsert" and request.table_exists:
+            return self._upsert(request)
+        return self._run_write(request, df, "append" if mode == "upsert" else mode)
 
+    def _run_write(
+        self, request: WriteRequest, rows: DataFrame, mode: str, remove: Sequence[tuple[str, str | None]] = ()
+    ) -> WriteResult:
+        """Write `rows` through the data source: tasks write files, its commit() makes ONE commit."""
+        table = request.table
+        path = self.location(table)
+        write_parts = list(request.partition_columns)
+        order = [*write_parts, *([request.key] if request.key and write_parts else [])]
+        if order:
+            # Rows of one partition together in each task: a task then keeps one file open at
+            # a time (Spark's own file writer sorts the same way); a sort already there is
+            # not repeated (Spark drops a sort its input already satisfies).
+            rows = rows.sortWithinPartitions(*[F.col(parts.quote_identifier(c)) for c in order])
         write_id = uuid.uuid4().hex
         options = {
             "path": path,
@@ -216,6 +208,7 @@ class DeltaRsLakehouse(Lakehouse):
             "mode": mode,
             "partition_by": json.dumps(write_parts),
             "partitions": json.dumps(list(request.partitions)),
+            "remove": json.dumps([list(k) for k in remove]),
             "metadata": json.dumps(request.metadata),
             "write_id": write_id,
         }
@@ -225,8 +218,8 @@ class DeltaRsLakehouse(Lakehouse):
             options["app_id"] = request.app_id
             options["txn_version"] = str(int(request.txn_version))  # type: ignore[arg-type]
         try:
-            ds.activate(df.sparkSession)
-            df.write.format(ds.DATA_SOURCE_NAME).options(**options).mode("append").save()
+            ds.activate(rows.sparkSession)
+            rows.write.format(ds.DATA_SOURCE_NAME).options(**options).mode("append").save()
         except Exception as exc:
             known = from_spark(exc)  # an error our tasks or our commit raised, typed again
             if known is not None:
@@ -235,21 +228,132 @@ class DeltaRsLakehouse(Lakehouse):
         return self._find_write(path, table, write_id, request.expected_version)
 
     def _find_write(self, path: str, table: str, write_id: str, expected_version: int | None) -> WriteResult:
-        """The commit carrying `write_id` (commit() may have run in another Python process)."""
+        """What the commit carrying `write_id` did, from its own actions (commit() may have
+        run in another Python process)."""
         version = ds.committed_version(path, write_id, expected_version)
         if version is None:
             raise LakehouseError(
                 f"the write to {table!r} finished but no commit carries its write id {write_id}; "
                 "inspect history() of the table"
             )
-        entry = ds.open_table(path, version, table=table).history(1)[0]
-        metrics = entry.get("operationMetrics") or {}
+        delta_log = DeltaLog(path, table=table)
+        commit = delta_log.commit(version)
+        bytes_removed = commit.bytes_removed
+        if any(r.size is None for r in commit.removes) and expected_version is not None:
+            sizes = {k[0]: a.size for k, a in delta_log.snapshot(expected_version).files.items()}
+            bytes_removed = sum(r.size if r.size is not None else sizes.get(r.path) or 0 for r in commit.removes)
+        metrics = commit.info.get("operationMetrics") or {}
         log.info("committed version %s of %s (write %s)", version, table, write_id)
         return WriteResult(
             version=version,
-            files_added=int(metrics.get("numFiles", 0)),
+            files_added=len(commit.adds),
             rows_written=int(metrics["numOutputRows"]) if "numOutputRows" in metrics else None,
+            files_removed=len(commit.removes),
+            bytes_added=commit.bytes_added,
+            bytes_removed=bytes_removed,
         )
+
+    # ------------------------------------------------------------------ upsert
+
+    def _upsert(self, request: WriteRequest) -> WriteResult:
+        """Copy-on-write upsert: rewrite only the files that can hold an affected key."""
+        table, key = request.table, str(request.key)
+        version = int(request.expected_version)  # type: ignore[arg-type]
+        snapshot = self.log(table).snapshot(version)
+        affected = _affected(request, ds.spark_schema(snapshot))
+        candidates, exact = _candidates(snapshot, affected, key, list(request.partition_columns))
+        log.info("upsert into %s: %d of %d files can hold an affected key (%s keys)", table,
+                 len(candidates), len(snapshot.files), "exact" if exact else "ranges of")
+        rows = request.df
+        if candidates:
+            kept = self.read(table, version, files=[f.key for f in candidates])
+            names = {c: f"__upsert_{i}" for i, c in enumerate(affected.columns)}
+            right = affected.select(*[F.col(parts.quote_identifier(c)).alias(names[c]) for c in affected.columns])
+            right = F.broadcast(right.distinct()) if exact else right
+            on = [kept[parts.quote_identifier(c)].eqNullSafe(right[names[c]]) for c in request.partition_columns]
+            on.append(kept[parts.quote_identifier(key)] == right[names[key]])
+            kept = kept.join(right, on=reduce(lambda a, b: a & b, on), how="left_anti")
+            rows = kept.unionByName(request.df.select(*[F.col(parts.quote_identifier(c)) for c in kept.columns]))
+        return self._run_write(request, rows, "upsert", remove=[f.key for f in candidates])
+
+
+def _file_key(item: Any) -> tuple[str, str | None]:
+    """A file state's key from a FileAction, a FileEntry or a (path, dv id) pair."""
+    found = getattr(item, "key", None)
+    if isinstance(found, tuple):
+        return found
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return (str(item[0]), item[1])
+    raise LakehouseError(
+        f"files= takes FileAction or FileEntry objects, or (path as in the log, deletion vector id) pairs; "
+        f"got {item!r}"
+    )
+
+
+def _affected(request: WriteRequest, schema: StructType) -> DataFrame:
+    """Partition columns and key of every affected row (of `df` and of `deletes`), typed as
+    the table's columns."""
+    types = {f.name: f.dataType for f in schema.fields}
+    columns = [*request.partition_columns, str(request.key)]
+    frames = [request.df] + ([request.deletes] if request.deletes is not None else [])
+    selected = [
+        frame.select(*[F.col(parts.quote_identifier(c)).cast(types[c]).alias(c) for c in columns]) for frame in frames
+    ]
+    return reduce(DataFrame.unionByName, selected)
+
+
+def _candidates(
+    snapshot: Snapshot, affected: DataFrame, key: str, partition_columns: list[str]
+) -> tuple[list[FileAction], bool]:
+    """The files of `snapshot` that can hold an affected key, and whether keys were exact.
+
+    Up to `EXACT_KEYS_LIMIT` distinct (partition, key) pairs are collected as they are and
+    looked up in each partition's files' key ranges; beyond, each partition's [min, max]
+    key range is. Raises LakehouseError for null keys.
+    """
+    types = {f.name: f.dataType for f in ds.spark_schema(snapshot).fields}
+    key_type = types[key].simpleString()
+    canonical = parts.PartitionMatcher([], types, partition_columns)
+    by_partition: dict[tuple, list[FileAction]] = {}
+    for action in snapshot.files.values():
+        by_partition.setdefault(canonical.key(action.partition_values, partition_columns), []).append(action)
+
+    def partition_of(row: Any) -> tuple:
+        values = {c: parts.to_partition_string(row[c], types[c], c) for c in partition_columns}
+        return canonical.key(values, partition_columns)
+
+    sample = affected.distinct().limit(EXACT_KEYS_LIMIT + 1).collect()
+    exact = len(sample) <= EXACT_KEYS_LIMIT
+    if exact:
+        keys: dict[tuple, list[Any]] = {}
+        for row in sample:
+            keys.setdefault(partition_of(row), []).append(row[key])
+        nulls = sum(1 for values in keys.values() for v in values if v is None)
+        ranges: dict[tuple, keyranges.KeyRange] = {}
+    else:
+        q = parts.quote_identifier
+        grouped = affected.groupBy(*[q(c) for c in partition_columns]).agg(
+            F.min(q(key)).alias("__low"), F.max(q(key)).alias("__high"),
+            F.sum(F.col(q(key)).isNull().cast("long")).alias("__nulls"),
+        ).collect()
+        nulls = sum(int(r["__nulls"] or 0) for r in grouped)
+        ranges = {
+            partition_of(r): keyranges.KeyRange(None, keyranges.stats_value(r["__low"]), keyranges.stats_value(r["__high"]))
+            for r in grouped
+        }
+        keys = {}
+    if nulls:
+        raise LakehouseError(
+            f"mode 'upsert' needs a key in every row: {nulls} row(s) to write or delete have a null {key!r}; "
+            "drop or fix them before the write"
+        )
+    candidates: list[FileAction] = []
+    for partition, values in keys.items():
+        pool = by_partition.get(partition, [])
+        candidates += keyranges.files_holding(pool, key, [], [(None, v) for v in values], key_type)
+    for partition, wanted in ranges.items():
+        candidates += keyranges.files_overlapping(by_partition.get(partition, []), key, [], [wanted], key_type)
+    return candidates, exact
 
 
 def _check_same_schema(rows: StructType, table_schema: StructType, table: str) -> None:

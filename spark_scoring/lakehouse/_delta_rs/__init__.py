@@ -7,8 +7,8 @@ their module here instead of by value. `DATA_SOURCE_NAME` is the format name the
 reads and writes through (`spark.read.format(DATA_SOURCE_NAME)`), once `register_data_source`
 registered `DeltaRsDataSource` with the session and `activate` made it the thread's active one.
 
-* `log`: the table's Delta log through `deltalake` (open, features, schema, active files,
-  partition selection, task packing, finding a commit by its write id).
+* `log`: the table's Delta log through `deltalog` (features, schema, file selection, task
+  packing, finding a commit by its write id); `deltalake` only to commit.
 * `reader`: `DeltaRsReader`, the read tasks.
 * `writer`: `DeltaRsWriter`, the write tasks and the ONE commit on the driver.
 
@@ -28,14 +28,15 @@ from pyspark.sql.types import StructType
 
 from spark_scoring.errors import raised_for_driver
 from spark_scoring.lakehouse._delta_rs.log import (
-    active_files,
-    check_supported,
-    commit_metadata,
+    check_readable,
+    check_writable,
     committed_version,
-    open_table,
     partition_columns,
+    select_files,
     spark_schema,
     table_exists,
+    table_log,
+    task_file,
 )
 from spark_scoring.lakehouse._delta_rs.reader import DEFAULT_MAX_BYTES_PER_TASK, DeltaRsReader
 from spark_scoring.lakehouse._delta_rs.writer import DeltaRsWriter
@@ -46,15 +47,16 @@ __all__ = [  # what the delta-rs backend (delta_rs.py) uses
     "DeltaRsDataSource",
     "DeltaRsReader",
     "activate",
-    "active_files",
-    "check_supported",
-    "commit_metadata",
+    "check_readable",
+    "check_writable",
     "committed_version",
-    "open_table",
     "partition_columns",
     "register_data_source",
+    "select_files",
     "spark_schema",
     "table_exists",
+    "table_log",
+    "task_file",
 ]
 
 DATA_SOURCE_NAME = "spark_scoring_delta_rs"
@@ -68,7 +70,8 @@ class DeltaRsDataSource(DataSource):
 
     Options (all strings): `path` (absolute path or URI), `version` (read; default latest),
     `columns` (JSON list), `partitions` (JSON list of {column: Delta string value or null}),
-    `max_bytes_per_task`; for writes see `DeltaRsWriter`.
+    `files` and `planned` (see `DeltaRsReader`), `max_bytes_per_task`; for writes see
+    `DeltaRsWriter`.
     """
 
     @classmethod
@@ -79,9 +82,9 @@ class DeltaRsDataSource(DataSource):
         path = self.options["path"]
         version = self.options.get("version")
         with raised_for_driver():  # runs in a Python worker when no schema was given
-            table = open_table(path, int(version) if version is not None else None)
-            check_supported(table, path)
-        full = spark_schema(table)
+            state = table_log(path).state(int(version) if version is not None else None)
+            check_readable(state, path)
+        full = spark_schema(state)
         columns = self.options.get("columns")
         if not columns:
             return full

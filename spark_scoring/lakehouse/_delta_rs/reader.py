@@ -1,9 +1,12 @@
 """The read side of the delta-rs data source: plan file groups, read them in parallel tasks.
 
-`partitions()` (in Spark's planner process) lists the active files of the pinned version,
-keeps only the files of the requested partitions (partition values compared in Delta's
-string form, typed), and packs them into InputPartitions of about `max_bytes_per_task`
-bytes; `read()` (on the executors) opens only those Parquet files, projects the requested
+`partitions()` (in Spark's planner process) takes the active files of the pinned version
+from the Delta log (`deltalog`: checkpoints included), keeps only the files of the
+requested partitions (a hash lookup per file on canonical typed values) or the file states
+asked for, refuses files with deletion vectors, and packs them into InputPartitions of
+about `max_bytes_per_task` bytes. When the driver already chose the files (`read(...,
+files=...)`), it hands them over in the `planned` option and the planner reads no log.
+`read()` (on the executors) opens only those Parquet files, projects the requested
 columns, and adds the partition columns (which Delta data files do not hold) back with
 their types.
 """
@@ -23,35 +26,44 @@ from pyspark.sql.types import StructType
 from spark_scoring.errors import raised_for_driver
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse._delta_rs.log import (
-    active_files,
-    check_supported,
+    check_readable,
     filesystem_for,
-    open_table,
     pack_files,
-    partition_columns,
     select_files,
-    spark_schema,
+    table_log,
+    task_file,
 )
 
 DEFAULT_MAX_BYTES_PER_TASK = 128 * 1024 * 1024
 
 
 class DeltaRsReader(DataSourceReader):
-    """Reads the files of one pinned table version in parallel tasks."""
+    """Reads the files of one pinned table version in parallel tasks.
+
+    Options: `path`, `version`, `partitions` (JSON specs), `files` (JSON list of
+    [log path, deletion vector id] keys), `planned` (JSON list of task files: planned on
+    the driver already), `max_bytes_per_task`.
+    """
 
     def __init__(self, options: Mapping[str, str], schema: StructType):
         self.path = options["path"]
         self.version = int(options["version"]) if options.get("version") is not None else None
         self.specs = json.loads(options["partitions"]) if options.get("partitions") else None
+        keys = json.loads(options["files"]) if options.get("files") else None
+        self.keys = None if keys is None else [(str(k[0]), k[1]) for k in keys]
+        self.planned = json.loads(options["planned"]) if options.get("planned") else None
         self.max_bytes = int(options.get("max_bytes_per_task", DEFAULT_MAX_BYTES_PER_TASK))
         self.schema = schema
 
     def plan(self) -> list[list[Mapping[str, Any]]]:
         """The file groups the read will run, one per Spark task (also used by tests)."""
-        table = open_table(self.path, self.version)
-        check_supported(table, self.path)
-        files = select_files(active_files(table), self.specs, spark_schema(table), partition_columns(table))
-        return pack_files(files, self.max_bytes)
+        if self.planned is not None:
+            return pack_files(self.planned, self.max_bytes)
+        log = table_log(self.path)
+        snapshot = log.snapshot(self.version)
+        files = select_files(snapshot, self.specs, self.keys, self.path)
+        check_readable(snapshot, self.path, files)
+        return pack_files([task_file(f, log.root) for f in files], self.max_bytes)
 
     def partitions(self) -> list[InputPartition]:
         with raised_for_driver():  # runs in Spark's planner process

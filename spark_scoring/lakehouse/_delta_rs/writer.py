@@ -17,6 +17,7 @@ import logging
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +46,7 @@ from spark_scoring.contract import WRITE_ID_KEY
 from spark_scoring.errors import ConcurrentRunError, LakehouseError, ScoringError, for_executor
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse._delta_rs.log import (
-    active_files,
-    check_supported,
+    check_writable,
     committed_version,
     filesystem_for,
     open_table,
@@ -54,12 +54,16 @@ from spark_scoring.lakehouse._delta_rs.log import (
     select_files,
     spark_schema,
     table_exists,
+    table_log,
 )
 from spark_scoring.lakehouse.base import check_planned_version
+from spark_scoring.lakehouse.deltalog import Snapshot
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
 _STRING_STATS_PREFIX = 32  # Delta-Spark's dataSkippingStringPrefixLength default
+#: Parquet files one write task keeps open at most (see `DeltaRsWriter`).
+MAX_OPEN_FILES = 32
 
 
 @dataclass
@@ -185,11 +189,19 @@ class _PartitionFile:
 class DeltaRsWriter(DataSourceArrowWriter):
     """Tasks write Parquet files; `commit` publishes all of them in ONE Delta commit.
 
-    Options (strings): `path`; `mode` (append | overwrite | replace_partitions);
+    Options (strings): `path`; `mode` (append | overwrite | replace_partitions | upsert);
     `partition_by` (JSON list: the table's partition columns, or those of a new table);
-    `partitions` (JSON list of specs replaced by replace_partitions); `expected_version`
-    (int, or absent: the table must not exist); `app_id` + `txn_version`; `metadata`
-    (JSON object of strings); `write_id` (unique token stored in the commit metadata).
+    `partitions` (JSON list of specs replaced by replace_partitions); `remove` (upsert: JSON
+    list of [log path, deletion vector id] keys of the files the commit removes);
+    `expected_version` (int, or absent: the table must not exist); `app_id` +
+    `txn_version`; `metadata` (JSON object of strings); `write_id` (unique token stored in
+    the commit metadata); `max_open_files` (per task, default `MAX_OPEN_FILES`).
+
+    A task keeps at most `max_open_files` Parquet files open: when it needs one more, it
+    closes the one it wrote to least recently (that partition gets another file if more of
+    its rows come). Rows sorted by partition (the backend sorts them) thus get one file per
+    partition and task, and a write of any number of partitions stays far below the
+    process's open-file limit.
     """
 
     def __init__(self, options: Mapping[str, str], schema: StructType):
@@ -198,6 +210,9 @@ class DeltaRsWriter(DataSourceArrowWriter):
         self.mode = options.get("mode", "append")
         self.partition_by: list[str] = json.loads(options.get("partition_by") or "[]")
         self.specs: list[dict[str, str | None]] = json.loads(options.get("partitions") or "[]")
+        self.remove: list[tuple[str, str | None]] = [
+            (str(k[0]), k[1]) for k in json.loads(options.get("remove") or "[]")
+        ]
         expected = options.get("expected_version")
         self.expected_version = int(expected) if expected not in (None, "", "none") else None
         self.app_id = options.get("app_id") or None
@@ -205,6 +220,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
         self.txn_version = int(txn) if txn not in (None, "", "none") else None
         self.metadata: dict[str, str] = json.loads(options.get("metadata") or "{}")
         self.write_id = options.get("write_id") or uuid.uuid4().hex
+        self.max_open_files = max(1, int(options.get("max_open_files") or MAX_OPEN_FILES))
         self.schema = schema
 
     # ---- executors
@@ -217,7 +233,13 @@ class DeltaRsWriter(DataSourceArrowWriter):
         fs, root = filesystem_for(self.path)
         types = {f.name: f.dataType for f in self.schema.fields}
         data_fields = [f for f in self.schema.fields if f.name not in self.partition_by]
-        open_files: dict[tuple, _PartitionFile] = {}
+        names = [f.name for f in data_fields]
+        inside = (
+            parts.PartitionMatcher(self.specs, types, self.partition_by) if self.mode == "replace_partitions" else None
+        )
+        open_files: OrderedDict[tuple, _PartitionFile] = OrderedDict()  # least recently written first
+        created: list[_PartitionFile] = []
+        adds: list[dict[str, Any]] = []
         try:
             for batch in iterator:
                 if batch.num_rows == 0:
@@ -226,14 +248,20 @@ class DeltaRsWriter(DataSourceArrowWriter):
                     key = tuple(values.items())
                     target = open_files.get(key)
                     if target is None:
-                        self._check_inside_replaced(values, types)
-                        rel_dir = parts.partition_dir(list(values.items()))
-                        target = _PartitionFile(fs, root, rel_dir, values, data_fields, task_id)
+                        if inside is not None and not inside.matches(values):
+                            self._outside_replaced(values)
+                        if len(open_files) >= self.max_open_files:
+                            adds.append(open_files.popitem(last=False)[1].close())
+                        target = _PartitionFile(fs, root, parts.partition_dir(list(key)), values, data_fields, task_id)
                         open_files[key] = target
-                    target.write(rows.select([f.name for f in data_fields]))
-            adds = [f.close() for f in open_files.values()]
+                        created.append(target)
+                    else:
+                        open_files.move_to_end(key)
+                    target.write(rows.select(names))
+            while open_files:
+                adds.append(open_files.popitem(last=False)[1].close())
         except BaseException as exc:
-            for f in open_files.values():  # leave nothing behind from a failed task
+            for f in created:  # leave nothing behind from a failed task
                 try:
                     if f.writer is not None:
                         f.writer.close()
@@ -263,15 +291,12 @@ class DeltaRsWriter(DataSourceArrowWriter):
             }
             yield values, rows
 
-    def _check_inside_replaced(self, values: Mapping[str, str | None], types: Mapping[str, DataType]) -> None:
-        if self.mode != "replace_partitions":
-            return
-        if not any(parts.spec_matches(spec, values, types) for spec in self.specs):
-            raise LakehouseError(
-                f"a row of partition {dict(values)} falls outside the partitions being replaced "
-                f"{self.specs}; replace_partitions only writes rows of the partitions it "
-                "replaces: add the partition to `partitions` or filter the rows"
-            )
+    def _outside_replaced(self, values: Mapping[str, str | None]) -> None:
+        raise LakehouseError(
+            f"a row of partition {dict(values)} falls outside the partitions being replaced "
+            f"{self.specs}; replace_partitions only writes rows of the partitions it "
+            "replaces: add the partition to `partitions` or filter the rows"
+        )
 
     # ---- driver
 
@@ -300,7 +325,6 @@ class DeltaRsWriter(DataSourceArrowWriter):
         from deltalake.transaction import (
             AddAction,
             CommitProperties,
-            RemoveAction,
             Transaction,
             create_table_with_add_actions,
         )
@@ -321,10 +345,11 @@ class DeltaRsWriter(DataSourceArrowWriter):
         }
         transactions = [Transaction(self.app_id, self.txn_version)] if self.app_id and self.txn_version is not None else None
 
-        table = open_table(self.path, table=self.table_name) if table_exists(self.path) else None
+        delta_log = table_log(self.path, self.table_name)
+        latest = delta_log.latest_version() if delta_log.exists() else None
         # Again, now: other writers may have committed while the tasks ran.
-        check_planned_version(self.table_name, self.expected_version, None if table is None else table.version())
-        if table is None:
+        check_planned_version(self.table_name, self.expected_version, latest)
+        if latest is None:
             custom["operationMetrics"] = _metrics(len(adds), 0, rows)
             schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
             try:
@@ -345,9 +370,11 @@ class DeltaRsWriter(DataSourceArrowWriter):
                 raise
             return
 
-        check_supported(table, self.table_name)
-        table_schema = spark_schema(table)
-        table_parts = partition_columns(table)
+        state = delta_log.state(latest)
+        check_writable(state, self.table_name)
+        # deltalake's table object pinned at the planned version: with no retries it can
+        # only write version latest+1.
+        table = open_table(self.path, latest, table=self.table_name)
 
         def pinned_commit(actions: list, mode: str, schema, partition_by: list[str]) -> None:
             # No retries: delta-rs may then only write version expected+1. Had another writer
@@ -362,21 +389,21 @@ class DeltaRsWriter(DataSourceArrowWriter):
                     commit_properties=properties,
                 )
             except CommitFailedError as exc:
-                now = open_table(self.path).version()
+                now = table_log(self.path).latest_version()
                 raise ConcurrentRunError(
                     f"output table {self.table_name!r} moved from version {self.expected_version} to "
                     f"{now} while this run was committing; another run committed; rerun"
                 ) from exc
 
         if self.mode == "overwrite":
-            custom["operationMetrics"] = _metrics(len(adds), len(active_files(table)), rows)
+            custom["operationMetrics"] = _metrics(len(adds), len(delta_log.snapshot(latest).files), rows)
             schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
-            if list(self.partition_by) != table_parts:
+            if list(self.partition_by) != partition_columns(state):
                 # A new partitioning needs new table metadata: CREATE OR REPLACE in one
                 # commit (removes of every active file + adds), keeping the table properties.
                 create_table_with_add_actions(
                     self.path, schema, adds, mode="overwrite", partition_by=self.partition_by or None,
-                    configuration=dict(table.metadata().configuration or {}),
+                    configuration=dict(state.metadata.configuration),
                     commit_properties=CommitProperties(custom_metadata=custom, app_transactions=transactions),
                 )
                 return
@@ -385,17 +412,24 @@ class DeltaRsWriter(DataSourceArrowWriter):
             pinned_commit(adds, "overwrite", schema, self.partition_by)
             return
 
-        removes = []
-        if self.mode == "replace_partitions":
-            now = int(time.time() * 1000)
-            replaced = select_files(active_files(table), self.specs, table_schema, table_parts)
-            removes = [
-                RemoveAction(parts.uri_decode_path(f["log_path"]), True, now, f["size"], dict(f["partition_values"]))
-                for f in replaced
-            ]
+        removes = self._removes(delta_log.snapshot(latest)) if self.mode in ("replace_partitions", "upsert") else []
         custom["operationMetrics"] = _metrics(len(adds), len(removes), rows)
-        schema = DeltaSchema.from_arrow(to_arrow_schema(table_schema, timezone="UTC"))
-        pinned_commit([*adds, *removes], "append", schema, table_parts)
+        schema = DeltaSchema.from_arrow(to_arrow_schema(spark_schema(state), timezone="UTC"))
+        pinned_commit([*adds, *removes], "append", schema, partition_columns(state))
+
+    def _removes(self, snapshot: Snapshot) -> list:
+        """RemoveActions of the replaced partitions' files, or of the upsert's `remove` keys."""
+        from deltalake.transaction import RemoveAction
+
+        if self.mode == "replace_partitions":
+            gone = select_files(snapshot, self.specs, table=self.table_name)
+        else:
+            gone = select_files(snapshot, None, self.remove, self.table_name)
+        now = int(time.time() * 1000)
+        # delta-rs URI-encodes the paths of actions itself: give it the decoded path.
+        return [
+            RemoveAction(parts.uri_decode_path(f.path), True, now, f.size, dict(f.partition_values)) for f in gone
+        ]
 
     def abort(self, messages: list[DeltaRsCommitMessage | None]) -> None:
         landed = self._landed()
