@@ -160,11 +160,30 @@ class MlflowConfig:
     registry_uri: str | None = None
 
 
+_REMOTE_RE = re.compile(r"^(sc://[^/\s:;]+(:\d{1,5})?/?(;\S*)?|local(\[(\*|\d+)\])?)$")
+
+
+def remote_problem(value: str) -> str | None:
+    """What is wrong with a Spark Connect address (`spark.remote`, `SPARK_REMOTE`), or None."""
+    if _REMOTE_RE.match(value):
+        return None
+    return (
+        f"{value!r} is not a Spark Connect address; use sc://HOST[:PORT] (a Spark Connect server, "
+        "e.g. sc://localhost:15002) or local[N] (a local Connect server started for the run)"
+    )
+
+
 @dataclass(frozen=True)
 class SparkConfig:
-    """Spark session settings. Never override what spark-submit or a cluster already set."""
+    """Spark session settings. Never override what spark-submit or a cluster already set.
+
+    `remote` runs the job over Spark Connect (`sc://host:port`, or `local[N]` for a local
+    Connect server started for the run); the `SPARK_REMOTE` environment variable wins over
+    it, and `master` is ignored over Connect (see `spark_scoring.session`).
+    """
 
     master: str | None = None
+    remote: str | None = field(default=None, metadata={"check": remote_problem})
     app_name: str | None = None
     conf: Mapping[str, str] = field(default_factory=dict)
 

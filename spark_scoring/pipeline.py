@@ -33,7 +33,6 @@ from spark_scoring import incremental as inc
 from spark_scoring.config import JobConfig
 from spark_scoring.context import RunContext, open_run
 from spark_scoring.contract import (
-    ERROR,
     MODE_BACKFILL,
     MODE_FULL_REFRESH,
     MODE_RUN,
@@ -57,6 +56,7 @@ from spark_scoring.incremental import Plan
 from spark_scoring.lakehouse import WriteResult
 from spark_scoring.progress import Progress
 from spark_scoring.report import RunResult
+from spark_scoring.session import default_parallelism
 from spark_scoring.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -267,27 +267,29 @@ def _score_and_commit(ctx: RunContext, plan: Plan, work: rows.Work, tracker: Run
     with phases.phase("load"):
         spec = udf.prepare_model(spark, model_dir=ctx.model.local_dir, model_uri=ctx.model.resolved_uri,
                                  model_cfg=cfg.model, identity=ctx.identity)
-        stats = udf.ScoringStats(spark)
     # Spread the rows evenly over the cores, one partition per core: length sorting works
     # inside a partition, so bigger partitions pack tighter batches (measured on 2 cores,
     # 2,000 texts: 4 partitions per core gave padding efficiency 0.76 and 149 rows/s, one
     # per core 0.93 and 195 rows/s).
     # Ranges of keys (within partitions), not random rows: the files the commit writes then
     # hold narrow key ranges, so later nights read and rewrite few of them.
-    parallelism = cfg.run.num_partitions or max(1, spark.sparkContext.defaultParallelism)
+    cores = default_parallelism(spark)  # classic and Spark Connect sessions alike
+    parallelism = cfg.run.num_partitions or cores
     by_range = [inc.col(c) for c in (*cfg.source.partition_by, cfg.source.key)]
     to_score = work.to_score.repartitionByRange(parallelism, *by_range)
-    scored = _with_lineage(udf.score(to_score, spec, stats), ctx, tracker.run_id)
+    # stats=True: the scoring counters ride along in udf.STATS_COLUMN (no accumulators: Spark
+    # Connect has none); every frame made from `scored` below selects its own columns.
+    scored = _with_lineage(udf.score(to_score, spec, stats=True), ctx, tracker.run_id)
     # Both frames are used several times (counts, error summary, the write): compute once.
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     kept = work.kept
     if kept is not None:
         # The join behind `kept` ends in spark.sql.shuffle.partitions (200 by default)
         # tiny partitions: merged here, so the write makes a few files, not hundreds.
-        kept = kept.coalesce(max(1, spark.sparkContext.defaultParallelism)).persist(StorageLevel.MEMORY_AND_DISK)
+        kept = kept.coalesce(cores).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with phases.phase("score"):
-            _score(ctx, scored, stats, result)
+            _score(ctx, scored, result)
         with phases.phase("commit"):
             result.rows_carried = _carried(rows.Work(work.to_score, kept, work.deletes, work.unchanged))
             result.rows_read = result.rows_scored + result.rows_carried
@@ -319,19 +321,16 @@ def _carried(work: rows.Work) -> int:
     return sum(df.count() for df in (work.kept, work.unchanged) if df is not None)
 
 
-def _score(ctx: RunContext, scored: DataFrame, stats: udf.ScoringStats, result: RunResult) -> None:
-    """Run the scoring job (counting rows and failures) and record its figures in `result`."""
-    with Progress(ctx.spark.sparkContext, "scoring", lambda: stats.snapshot().get("rows", 0),
-                  enabled=ctx.cfg.run.progress):
-        counts = _run_spark(
-            lambda: scored.agg(F.count(F.lit(1)).alias("n"), F.count(F.col(ERROR)).alias("failed")).collect()[0],
-            ctx.model.resolved_uri,
-        )
-    result.rows_scored, result.rows_failed = int(counts["n"]), int(counts["failed"])
-    snap = stats.snapshot()
-    result.padding_efficiency = snap.get("padding_efficiency")
-    result.batches = int(snap.get("batches", 0))
-    result.model_loads = int(snap.get("model_loads", 0))
+def _score(ctx: RunContext, scored: DataFrame, result: RunResult) -> None:
+    """Run the scoring job (counting rows, failures and the scoring counters in the same
+    action) and record its figures in `result`."""
+    with Progress(ctx.spark, "scoring", enabled=ctx.cfg.run.progress) as progress:
+        stats = _run_spark(lambda: udf.collect_stats(scored), ctx.model.resolved_uri)
+        progress.rows_done(stats.rows)
+    result.rows_scored, result.rows_failed = stats.rows, stats.rows_failed
+    result.padding_efficiency = stats.padding_efficiency
+    result.batches = stats.batches
+    result.model_loads = stats.model_loads
     result.top_errors = budget.top_errors(scored, ctx.cfg.source.key) if result.rows_failed else []
 
 

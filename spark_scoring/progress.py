@@ -1,8 +1,14 @@
 """Console progress for a running job: a line a person can read, refreshed in place.
 
-It polls Spark's status tracker from a daemon thread on the driver, so it costs the
-executors nothing. Rows done come from the scoring accumulators, which Spark updates
-as tasks finish.
+Where the task counts come from depends on the session, never from the executors:
+
+* classic: Spark's status tracker, polled from a daemon thread on the driver;
+* Spark Connect (no SparkContext): the server's progress messages, through a handler
+  registered with `SparkSession.registerProgressHandler` for the block's duration.
+
+Rows are not counted while the job runs (Spark Connect has no accumulators, and the
+scoring counters come back with the action's result); the caller gives the row count for
+the final line with `Progress.rows_done`.
 """
 
 from __future__ import annotations
@@ -10,14 +16,16 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
-from pyspark import SparkContext
+from pyspark.sql import SparkSession
+
+from spark_scoring.session import is_connect
 
 
 def format_eta(seconds: float | None) -> str:
-    """`1m05s`-style ETA, or `?` when unknown."""
+    """`1m05s`-style duration, or `?` when unknown."""
     if seconds is None or seconds != seconds or seconds < 0:
         return "?"
     seconds = int(round(seconds))
@@ -28,43 +36,43 @@ def format_eta(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def progress_line(label: str, tasks_done: int, tasks_total: int, rows_done: int, rows_total: int | None, elapsed: float) -> str:
-    """One progress line: tasks (Spark partitions) and rows done, rows/s, ETA."""
-    rate = rows_done / elapsed if elapsed > 0 else 0.0
-    if rows_total:
-        pct = min(100.0, 100.0 * rows_done / rows_total)
-        eta = (rows_total - rows_done) / rate if rate > 0 else None
-        rows = f"{rows_done:,}/{rows_total:,} rows ({pct:.0f}%)"
-    else:
-        # Without a row total, extrapolate from the partitions (Spark tasks) finished so far.
-        eta = elapsed * (tasks_total - tasks_done) / tasks_done if tasks_done else None
-        rows = f"{rows_done:,} rows"
-    return f"{label}: {tasks_done}/{tasks_total} partitions, {rows}, {rate:,.0f} rows/s, ETA {format_eta(eta)}"
+def progress_line(label: str, tasks_done: int, tasks_total: int, elapsed: float, rows: int | None = None) -> str:
+    """One progress line.
+
+    While running (`rows` None): tasks done of the stages running now, the share done and
+    an ETA extrapolated from the tasks finished so far. At the end (`rows` given): the
+    tasks (left out when none were seen), the rows, the time taken and the rows
+    per second.
+    """
+    if rows is not None:
+        rate = rows / elapsed if elapsed > 0 else 0.0
+        tasks = f"{tasks_done}/{tasks_total} tasks, " if tasks_total else ""
+        return f"{label}: {tasks}{rows:,} rows in {format_eta(elapsed)} ({rate:,.0f} rows/s)"
+    pct = 100.0 * tasks_done / tasks_total if tasks_total else 0.0
+    eta = elapsed * (tasks_total - tasks_done) / tasks_done if tasks_done else None
+    return f"{label}: {tasks_done}/{tasks_total} tasks ({pct:.0f}%), {format_eta(elapsed)} so far, ETA {format_eta(eta)}"
 
 
 class Progress:
     """Context manager printing a progress line every `interval` seconds to `stream`.
 
     Example:
-        >>> with Progress(spark.sparkContext, "scoring", rows_done=lambda: stats.rows.value):
-        ...     df.write...
+        >>> with Progress(spark, "scoring") as progress:
+        ...     stats = collect_stats(scored)
+        ...     progress.rows_done(stats.rows)
     """
 
     def __init__(
         self,
-        sc: SparkContext,
+        spark: SparkSession,
         label: str,
-        rows_done: Callable[[], int],
-        rows_total: int | None = None,
         *,
         enabled: bool = True,
         interval: float = 1.0,
         stream: TextIO | None = None,
     ):
-        self._sc = sc
+        self._spark = spark
         self._label = label
-        self._rows_done = rows_done
-        self._rows_total = rows_total
         self._enabled = enabled
         self._interval = interval
         self._stream = stream or sys.stderr
@@ -73,23 +81,49 @@ class Progress:
         self._start = 0.0
         self._printed = False
         self._last_total = 0
+        self._rows: int | None = None
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._connect = is_connect(spark)
+        # Connect: the latest (done, total) the server reported, written by the client's thread.
+        self._reported: tuple[int, int] = (0, 0)
+
+    def rows_done(self, rows: int) -> None:
+        """The rows the job processed, shown in the final line."""
+        self._rows = int(rows)
 
     def __enter__(self) -> Progress:
         self._start = time.monotonic()
         if self._enabled:
+            if self._connect:
+                self._spark.registerProgressHandler(self._on_progress)
             self._thread = threading.Thread(target=self._loop, name="spark-scoring-progress", daemon=True)
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-            self._emit(final=True)
+            if self._connect:
+                self._spark.removeProgressHandler(self._on_progress)
+            if exc[0] is None:
+                self._emit(final=True)
+            elif self._printed and self._tty:  # a failed job: end the line, say no more
+                self._stream.write("\n")
+                self._stream.flush()
+
+    def _on_progress(self, stages: Iterable[Any] | None, inflight_tasks: int, operation_id: str | None, done: bool) -> None:
+        # Connect's ProgressHandler: every stage of the running operation, finished ones
+        # included. The last message (done=True) can lag behind the stages' counts.
+        stages = list(stages or [])
+        total = sum(s.num_tasks for s in stages)
+        if total:
+            self._reported = (total if done else sum(s.num_completed_tasks for s in stages), total)
 
     def _tasks(self) -> tuple[int, int]:
-        tracker = self._sc.statusTracker()
+        if self._connect:
+            return self._reported
+        tracker = self._spark.sparkContext.statusTracker()
         done = total = 0
         for stage_id in tracker.getActiveStageIds():
             info = tracker.getStageInfo(stage_id)
@@ -101,16 +135,18 @@ class Progress:
     def _emit(self, final: bool = False) -> None:
         try:
             done, total = self._tasks()
-            rows = int(self._rows_done())
         except Exception:  # noqa: BLE001 - progress must never break a run
             return
         if total:
             self._last_total = total
-        elif final:  # the stage is over: report it complete rather than "0/0"
-            if not self._printed:
+        if final:  # the job is over: its tasks are complete (the tracker may show none now)
+            if not (self._printed or self._last_total or self._rows is not None):
                 return
             done = total = self._last_total
-        line = progress_line(self._label, done, total, rows, self._rows_total, time.monotonic() - self._start)
+        elif not total:
+            return
+        rows = self._rows if final else None
+        line = progress_line(self._label, done, total, time.monotonic() - self._start, rows)
         if self._tty:
             self._stream.write("\r\033[K" + line + ("\n" if final else ""))
         elif final or not self._printed or int(time.monotonic() - self._start) % 10 == 0:

@@ -10,20 +10,34 @@ catalog: through `spark.jars` when this module launches the JVM, and, under spar
 (whose JVM is already running), by adding them to the driver's class loader as well,
 because `spark.jars` given after the JVM started reaches the executors but not the driver.
 A classpath that already has Delta (Databricks, `--packages io.delta:...`) is left alone.
+
+Spark Connect: the job runs over a remote session when `SPARK_REMOTE` is set (it wins, as
+spark-submit's settings do), when the config has `spark.remote`, or when the active session
+is a Connect session (Databricks notebooks and serverless jobs); `spark.master` is ignored
+then. `local[N]` starts a local Connect server in this process's own JVM, with the same
+settings (Delta connector included) as a classic session built here; `sc://host:port` joins
+a server of its own, whose static settings are its own (only runtime SQL settings are set
+in the new session). Nothing on the Connect path reaches for a JVM from Python: `is_connect`,
+`default_parallelism` and `is_local_server` are what the rest of the package asks instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import warnings
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from spark_scoring.config import SparkConfig
+from spark_scoring.config import SparkConfig, remote_problem
 from spark_scoring.errors import UsageError
 from spark_scoring.jars import (
     DELTA_CATALOG,
@@ -54,9 +68,10 @@ def get_spark(
 ) -> SparkSession:
     """Return the active SparkSession, or build one from `config` where none runs.
 
-    Precedence, highest first: an active session (e.g. Databricks, notebooks), settings
-    given to spark-submit (`--master`, `--conf`, visible in `SparkConf()`), the job
-    config's `spark.master` / `spark.conf`, then `DEFAULT_CONF`.
+    Precedence, highest first: an active session (e.g. Databricks, notebooks, a Connect
+    session), a Spark Connect address (`SPARK_REMOTE`, then the config's `spark.remote`: see
+    the module docstring), settings given to spark-submit (`--master`, `--conf`, visible in
+    `SparkConf()`), the job config's `spark.master` / `spark.conf`, then `DEFAULT_CONF`.
 
     Args:
         engine: the lakehouse engine the session serves (`lakehouse.engine`). "auto" and
@@ -66,13 +81,17 @@ def get_spark(
 
     Raises:
         UsageError: engine "delta-spark", but the Delta Lake jars are neither installed nor
-            on the classpath (the message says how to get them).
+            on the classpath (the message says how to get them); a Spark Connect address
+            that is malformed or whose server cannot be reached.
     """
     config = config or SparkConfig()
     active = SparkSession.getActiveSession()
     if active is not None:
-        log.info("using the active SparkSession (master %s)", active.sparkContext.master)
+        log.info("using the active %s", describe(active))
         return active
+    remote = _remote_address(config)
+    if remote is not None:
+        return _connect(remote, config, app_name, engine=engine)
 
     submitted = _submitted_conf()
     builder = SparkSession.builder.appName(config.app_name or submitted.get("spark.app.name", app_name))
@@ -96,7 +115,7 @@ def get_spark(
         os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = builder.getOrCreate()
     _quiet_jvm_logs(spark)
-    log.info("SparkSession up: master %s, Spark %s", spark.sparkContext.master, spark.version)
+    log.info("%s up", describe(spark))
     return spark
 
 
@@ -179,3 +198,164 @@ def _quiet_jvm_logs(spark: SparkSession) -> None:
     """No Spark/JVM log spam on the console unless logging is verbose."""
     if not logging.getLogger("spark_scoring").isEnabledFor(logging.DEBUG):
         spark.sparkContext.setLogLevel("ERROR")
+
+
+# --------------------------------------------------------------------------------------
+# Spark Connect
+# --------------------------------------------------------------------------------------
+
+#: The port a Spark Connect server listens on unless its address names another.
+CONNECT_PORT = 15002
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session: no SparkContext, no JVM behind it in this process."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def is_local_server(spark: SparkSession) -> bool:
+    """True for a Connect session whose server pyspark started in this process (`local[N]`).
+
+    Its executors run on this machine and read this machine's files; a server of its own
+    (`sc://...`) may run anywhere, so files must be shipped to it.
+    """
+    return is_connect(spark) and "SPARK_LOCAL_REMOTE" in os.environ
+
+
+def describe(spark: SparkSession) -> str:
+    """Which kind of session this is, for the log: classic (its master) or Spark Connect."""
+    if not is_connect(spark):
+        return f"classic SparkSession (master {spark.sparkContext.master}, Spark {spark.version})"
+    if is_local_server(spark):
+        where = f"a local Spark Connect server ({_conf(spark, 'spark.master') or 'local'})"
+    else:
+        where = f"Spark Connect server {spark.client.host}"
+    return f"Spark Connect session to {where} (Spark {spark.version})"
+
+
+_parallelism: weakref.WeakKeyDictionary[SparkSession, int] = weakref.WeakKeyDictionary()
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The session's default parallelism (about its cores), on classic and Connect sessions.
+
+    Classic: `SparkContext.defaultParallelism`. Connect has no SparkContext: the server's
+    `spark.default.parallelism` where it is set, else the number of partitions Spark gives a
+    `range` without one (Spark uses the default parallelism there), found by one tiny job
+    and remembered for the session.
+    """
+    if not is_connect(spark):
+        return max(1, spark.sparkContext.defaultParallelism)
+    if spark not in _parallelism:
+        given = _conf(spark, "spark.default.parallelism")
+        if given and given.isdigit():
+            _parallelism[spark] = max(1, int(given))
+        else:
+            last = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p")).agg(F.max("p")).first()[0]
+            _parallelism[spark] = max(1, int(last or 0) + 1)
+    return _parallelism[spark]
+
+
+def _conf(spark: SparkSession, key: str) -> str | None:
+    """A session setting, or None where it is unset or the server does not show it."""
+    try:
+        return spark.conf.get(key, None)
+    except Exception:  # noqa: BLE001 - e.g. Databricks serverless refuses some keys
+        return None
+
+
+def _remote_address(config: SparkConfig) -> str | None:
+    """The Spark Connect address the job runs over (SPARK_REMOTE wins), or None (classic).
+
+    Raises:
+        UsageError: the address is malformed.
+    """
+    env = os.environ.get("SPARK_REMOTE")
+    remote = env or config.remote
+    if not remote:
+        return None
+    if env and config.remote and env != config.remote:
+        log.info("SPARK_REMOTE=%s wins over spark.remote %s", env, config.remote)
+    problem = remote_problem(remote)
+    if problem:
+        raise UsageError(f"{'SPARK_REMOTE' if env else 'spark.remote'}: {problem}")
+    return remote
+
+
+def _connect(remote: str, config: SparkConfig, app_name: str, *, engine: str) -> SparkSession:
+    """A Spark Connect session: a local server started here (`local[N]`) or a remote one."""
+    if config.master:
+        log.info("spark.master %s is ignored: the job runs over Spark Connect (%s)", config.master, remote)
+    if remote.startswith("local"):
+        spark = _local_server(remote, config, app_name, engine=engine)
+    else:
+        _check_reachable(remote)
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        _set_runtime_conf(spark, DEFAULT_CONF, quiet=True)
+        _set_runtime_conf(spark, config.conf)
+        if _conf(spark, "spark.python.worker.reuse") == "false":
+            log.warning("the Spark Connect server has spark.python.worker.reuse=false: every task "
+                        "loads the model again (set it to true where the server starts)")
+    log.info("%s up", describe(spark))
+    return spark
+
+
+def _local_server(remote: str, config: SparkConfig, app_name: str, *, engine: str) -> SparkSession:
+    """Start a local Connect server with what a classic session built here would get.
+
+    pyspark hands every builder setting to the server's SparkConf when it starts it, static
+    ones (jars, SQL extensions, the catalog, JVM options) included, then tries them all again
+    on the new Connect session, where the static ones cannot change: those retries warn
+    (CANNOT_MODIFY_STATIC_CONFIG) although the server has the values. The warnings are
+    muted and the values checked on the server instead.
+    """
+    settings: dict[str, str] = {"spark.app.name": config.app_name or app_name, **DEFAULT_CONF, **config.conf}
+    if "spark.driver.extraJavaOptions" not in config.conf and not logging.getLogger("spark_scoring").isEnabledFor(logging.DEBUG):
+        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}"
+    builder = SparkSession.builder.remote(remote)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if engine != "delta-rs":
+        builder = _with_delta(builder, SparkConf(loadDefaults=False), config.conf, required=engine == "delta-spark")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # loopback, as for a classic local session
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the server's Python workers run our interpreter
+    given = dict(builder._options)  # type: ignore[attr-defined]  # what the server was started with
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Failed to set ")
+        spark = builder.getOrCreate()
+    for key, value in given.items():
+        if key not in ("spark.remote", "spark.master") and _conf(spark, key) != value:
+            log.warning("the local Spark Connect server did not take %s=%s (it has %s)", key, value, _conf(spark, key))
+    return spark
+
+
+def _check_reachable(remote: str) -> None:
+    """Fail in seconds, not after the client's minutes of retries, when no server listens."""
+    url = urlparse(remote.split(";", 1)[0])
+    host, port = url.hostname or "localhost", url.port or CONNECT_PORT
+    try:
+        with socket.create_connection((host, port), timeout=10):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"no Spark Connect server answers at {host}:{port} ({remote}): {exc}; start the server "
+            "or fix spark.remote / SPARK_REMOTE"
+        ) from exc
+
+
+def _set_runtime_conf(spark: SparkSession, conf: Mapping[str, str], *, quiet: bool = False) -> None:
+    """Set the runtime SQL settings in a new session of a remote server; its static ones stay
+    the server's (unless `quiet`, a different value is logged: it must be set where the
+    server starts)."""
+    for key, value in conf.items():
+        try:
+            modifiable = spark.conf.isModifiable(key)
+        except Exception:  # noqa: BLE001 - a server that refuses to say: leave the key alone
+            modifiable = False
+        if modifiable:
+            spark.conf.set(key, value)
+        elif not quiet and _conf(spark, key) != value:
+            log.warning(
+                "%s=%s is not set: the Spark Connect server owns it (static); set it where the "
+                "server starts", key, value,
+            )

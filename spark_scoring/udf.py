@@ -1,29 +1,39 @@
 """The thin Spark wrapper: ship the model, score a DataFrame on the executors.
 
 Driver side: `prepare_model` checks the model directory cheaply and ships it to the
-executors (one tar via `SparkContext.addArchive` when the master is not local), and
-returns a small picklable `ModelSpec`. `score` adds the task's output columns and `error`
-to a DataFrame with `mapInPandas`.
+executors where they cannot read it (one tar: `SparkContext.addArchive` on a classic
+cluster, `SparkSession.addArtifacts(..., archive=True)` over Spark Connect), and returns a
+small picklable `ModelSpec`. `score` adds the task's output columns and `error` to a
+DataFrame with `mapInPandas`.
 
 Executor side: the model loads once per Python worker (`spark_scoring.models.cache`) and
 `spark_scoring.batching.score_rows` does the padding-aware packing, OOM back-off, error
 isolation and output validation on each Arrow batch.
 
+The scoring counters (batches, tokens, OOM back-offs, model loads) travel with the rows,
+not in accumulators (Spark Connect has none): `score(..., stats=True)` adds `STATS_COLUMN`,
+set on the first row of each Arrow batch, and `collect_stats` totals it, with the row and
+failure counts, in the one action that runs the scoring. The same on classic and Connect
+sessions.
+
 Example:
     >>> spec = prepare_model(spark, model_dir=d, model_uri=uri, model_cfg=cfg.model, identity="m1")
-    >>> stats = ScoringStats(spark)
-    >>> scored = score(df, spec, stats)   # df's columns + embedding + error
+    >>> scored = score(df, spec, stats=True).persist()   # df's columns + embedding + error (+ stats)
+    >>> stats = collect_stats(scored)                      # runs the scoring once
+    >>> stats.rows, stats.padding_efficiency
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import tarfile
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +41,8 @@ from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import BinaryType, StringType, StructField, StructType
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, BinaryType, LongType, StringType, StructField, StructType
 
 from spark_scoring import batching
 from spark_scoring.config import BatchConfig, ModelConfig
@@ -43,11 +54,17 @@ from spark_scoring.errors import (
     UsageError,
     for_executor,
 )
+from spark_scoring.lakehouse._partitions import quote_identifier
 from spark_scoring.models.tasks import get_task, task_spec
+from spark_scoring.session import is_connect, is_local_server
 
 log = logging.getLogger(__name__)
 
 ERROR_COLUMN = "error"
+#: The counters column of `score(..., stats=True)`: array<long> in `_STAT_FIELDS` order.
+STATS_COLUMN = "_spark_scoring_stats"
+#: Counted per Arrow batch on the executors (rows and failures are counted from the rows).
+_STAT_FIELDS = ("batches", "real_tokens", "padded_tokens", "oom_backoffs", "model_loads")
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,9 @@ class ModelSpec:
         task: registered task name.
         model_dir: the local model directory on the driver.
         shipped_name: name of the archive the directory was shipped as (executors
-            resolve the unpacked copy with `SparkFiles.get`), or None when executors
-            read `model_dir` directly (local master).
+            resolve the unpacked copy with `SparkFiles.get`, on classic and Connect alike),
+            or None when executors read `model_dir` directly (a local master, or a local
+            Connect server started by this process).
         input_columns: the input column(s).
         options: task options (plain dict).
         batch: packing settings.
@@ -88,15 +106,26 @@ class ModelSpec:
 
 
 def prepare_model(
-    spark: SparkSession, *, model_dir: str, model_uri: str, model_cfg: ModelConfig, identity: str
+    spark: SparkSession,
+    *,
+    model_dir: str,
+    model_uri: str,
+    model_cfg: ModelConfig,
+    identity: str,
+    ship: bool | None = None,
 ) -> ModelSpec:
     """Check the model directory on the driver and ship it to the executors.
 
     The check is cheap (directory exists; its config/MLmodel is readable); the weights
-    load on the executors. On a non-local master the directory is shipped once per
-    executor as one tar archive (`SparkContext.addArchive`; Spark refuses `addFile` of a
-    local directory on a cluster), unpacked there and found with `SparkFiles.get`;
-    `local[...]` masters read the path directly.
+    load on the executors. Where the executors cannot read this machine's files the
+    directory is shipped once as one tar archive (`_ship`), unpacked there and found with
+    `SparkFiles.get`: a classic session on a non-local master, and a Spark Connect server
+    this process did not start. `local[...]` masters and local Connect servers read the
+    path directly.
+
+    Args:
+        ship: True ships even where the executors could read the path (a Connect server on
+            this machine), False never ships; None decides from the session as above.
 
     Raises:
         ModelError: the directory is missing or not a model this task can load, or it
@@ -128,8 +157,7 @@ def prepare_model(
         )
 
     shipped_name = None
-    master = spark.sparkContext.master
-    if not _is_local_master(master):
+    if ship if ship is not None else _executors_elsewhere(spark):
         shipped_name = _ship(spark, path.resolve(), identity, model_uri)
     return ModelSpec(
         identity=identity,
@@ -145,27 +173,36 @@ def prepare_model(
     )
 
 
-def _is_local_master(master: str) -> bool:
+def _executors_elsewhere(spark: SparkSession) -> bool:
+    """Whether the executors may not see this machine's files (so the model must ship)."""
+    if is_connect(spark):
+        return not is_local_server(spark)
     # local, local[4], local[*], local[2,3]: one JVM on this machine. local-cluster[...]
     # starts separate executors, so it ships like a real cluster (and tests that path).
-    return master == "local" or master.startswith("local[")
+    master = spark.sparkContext.master
+    return not (master == "local" or master.startswith("local["))
+
+
+#: Archives shipped over Spark Connect, per session (Connect has no listArchives).
+_shipped: weakref.WeakKeyDictionary[SparkSession, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _ship(spark: SparkSession, path: Path, model_id: str, model_uri: str) -> str:
-    """Pack the model directory into one uncompressed tar and ship it with `addArchive`.
+    """Pack the model directory into one uncompressed tar and ship it as an archive.
 
-    Spark refuses `addFile(local_dir, recursive=True)` on a non-local master
-    (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY: directories only ship from Hadoop file
-    systems), and flat `addFile` per file would clash on names such as `config.json` in
-    sub-folders. An archive keeps the layout; each executor fetches and unpacks it once,
-    and `SparkFiles.get(name)` is the unpacked directory. The name carries the model id,
-    so two models never clash. The tar stays on the driver for the application's life
-    (executors that join later fetch it too); it is removed when the driver exits.
+    Classic: `SparkContext.addArchive`. Spark refuses `addFile(local_dir, recursive=True)`
+    on a non-local master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY: directories only ship
+    from Hadoop file systems), and flat `addFile` per file would clash on names such as
+    `config.json` in sub-folders. Spark Connect: `SparkSession.addArtifacts(archive=True)`
+    uploads it to the server, into this session's artifacts. Either way an archive keeps
+    the layout; each executor fetches and unpacks it once, and `SparkFiles.get(name)` is
+    the unpacked directory. The name carries the model id, so two models never clash. The
+    tar stays on the driver for the application's life (executors that join later fetch it
+    too); it is removed when the driver exits.
     """
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model_id}-{path.name}") + ".tar"
-    sc = spark.sparkContext
-    if any(uri.rstrip("/").endswith("/" + name) for uri in sc.listArchives):
-        return name  # already shipped in this application
+    if name in _already_shipped(spark):
+        return name  # already shipped in this application (Connect: this session)
     staging = Path(tempfile.mkdtemp(prefix="spark-scoring-ship-"))
     atexit.register(shutil.rmtree, staging, True)
     try:
@@ -176,7 +213,11 @@ def _ship(spark: SparkSession, path: Path, model_id: str, model_uri: str) -> str
             for item in sorted(path.rglob("*")):
                 if item.is_file():
                     tar.add(item, arcname=item.relative_to(path).as_posix())
-        sc.addArchive(str(archive))
+        if is_connect(spark):
+            spark.addArtifacts(str(archive), archive=True)
+            _shipped.setdefault(spark, set()).add(name)
+        else:
+            spark.sparkContext.addArchive(str(archive))
     except Exception as exc:
         raise ModelError(
             f"model {model_uri}: could not ship {str(path)!r} to the executors: "
@@ -186,49 +227,59 @@ def _ship(spark: SparkSession, path: Path, model_id: str, model_uri: str) -> str
     return name
 
 
+def _already_shipped(spark: SparkSession) -> set[str]:
+    if is_connect(spark):
+        return _shipped.get(spark, set())
+    return {uri.rstrip("/").rsplit("/", 1)[-1] for uri in spark.sparkContext.listArchives}
+
+
 def output_fields(spec: ModelSpec) -> list[StructField]:
     """The task's output columns (not `error`, not lineage)."""
     return get_task(spec.task).output_fields(spec.model_dir, spec.options)
 
 
+@dataclass(frozen=True)
 class ScoringStats:
-    """Spark accumulators summed over every scoring task.
+    """The counters of one scoring action (`collect_stats`), summed over every task.
 
-    Counters: rows, rows_failed, batches (model calls), real_tokens, padded_tokens,
-    oom_backoffs, model_loads. Read them with `snapshot()` after an action ran.
+    Attributes:
+        rows: rows scored; rows_failed: rows with an `error`.
+        batches: model calls; real_tokens / padded_tokens: tokens of those batches without
+            and with padding (0 for tasks that count no tokens, e.g. pyfunc).
+        oom_backoffs: CUDA out-of-memory errors that made a batch split.
+        model_loads: models loaded by the Python workers (0 where every worker had it cached).
     """
 
-    FIELDS = (
-        "rows",
-        "rows_failed",
-        "batches",
-        "real_tokens",
-        "padded_tokens",
-        "oom_backoffs",
-        "model_loads",
-    )
+    rows: int = 0
+    rows_failed: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    oom_backoffs: int = 0
+    model_loads: int = 0
 
-    def __init__(self, spark: SparkSession):
-        sc = spark.sparkContext
-        self._accs = {name: sc.accumulator(0) for name in self.FIELDS}
+    @property
+    def padding_efficiency(self) -> float | None:
+        """real_tokens / padded_tokens; None when no tokens were counted."""
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else None
 
-    def snapshot(self) -> dict[str, Any]:
-        """Current totals, plus padding_efficiency = real_tokens / padded_tokens (None
-        when no tokens were counted, e.g. pyfunc)."""
-        values: dict[str, Any] = {name: int(acc.value) for name, acc in self._accs.items()}
-        padded = values["padded_tokens"]
-        values["padding_efficiency"] = values["real_tokens"] / padded if padded else None
-        return values
+    def __add__(self, other: ScoringStats) -> ScoringStats:
+        return ScoringStats(**{f: getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__})
 
-    def _executor_handles(self) -> dict[str, Any]:
-        return dict(self._accs)
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter, plus padding_efficiency."""
+        return {**dataclasses.asdict(self), "padding_efficiency": self.padding_efficiency}
 
 
-def score(df: DataFrame, spec: ModelSpec, stats: ScoringStats | None = None) -> DataFrame:
+def score(df: DataFrame, spec: ModelSpec, *, stats: bool = False) -> DataFrame:
     """Score `df` with the model in `spec`.
 
     Returns ALL of `df`'s columns unchanged and in order, then the task's output columns,
     then `error` (string; null where the row scored). Lazy: nothing runs until an action.
+
+    Args:
+        stats: also return `STATS_COLUMN` (last) for `collect_stats`. Persist the frame
+            and select the columns to publish: the stats column is not output data.
 
     Raises:
         SchemaDriftError: an input column is missing, or (text tasks) not a string, or
@@ -253,21 +304,58 @@ def score(df: DataFrame, spec: ModelSpec, stats: ScoringStats | None = None) -> 
                 f"{spec.task!r} scores images: choose a binary column of encoded images (PNG, "
                 "JPEG, WebP, ...) or a string column of image paths"
             )
-    added = [*output_fields(spec), StructField(ERROR_COLUMN, StringType(), nullable=True)]
+    added = [
+        *output_fields(spec),
+        StructField(ERROR_COLUMN, StringType(), nullable=True),
+        StructField(STATS_COLUMN, ArrayType(LongType(), containsNull=False), nullable=True),
+    ]
     clash = [f.name for f in added if f.name in names]
     if clash:
         raise UsageError(
             f"the data already has column(s) {clash}, which scoring adds; drop or rename them "
             "(or leave them out of source.passthrough)"
         )
-    schema = StructType([*df.schema.fields, *added])
-    accs = stats._executor_handles() if stats is not None else None
-    fn = _make_partition_scorer(spec, [f.name for f in added[:-1]], accs)
+    # Strings travel to the Python workers as their bytes (a cast: the bytes are kept as they
+    # are) and come back as strings: Arrow -> pandas refuses a whole batch over one value
+    # that is not valid UTF-8, so only the model inputs are decoded, row by row (a bad value
+    # fails its row: batching.decode_utf8), and every other column returns untouched.
+    as_bytes = [f.name for f in df.schema.fields if isinstance(f.dataType, StringType)]
+    shipped = df.select(*[_column(c).cast("binary").alias(c) if c in as_bytes else _column(c) for c in names])
+    schema = StructType([*shipped.schema.fields, *added])
+    fn = _make_partition_scorer(spec, [f.name for f in added[:-2]], [c for c in spec.input_columns if c in as_bytes])
     # mapInPandas rather than a pandas_udf / predict_batch_udf: the task returns several
     # columns plus `error`, the pass-through columns come back in the same rows (no join
     # on a key afterwards), and the whole Arrow batch is in hand to sort by length before
     # packing model batches.
-    return df.mapInPandas(fn, schema)
+    scored = shipped.mapInPandas(fn, schema)
+    scored = scored.select(*[_column(c).cast("string").alias(c) if c in as_bytes else _column(c) for c in scored.columns])
+    return scored if stats else scored.drop(STATS_COLUMN)
+
+
+def _column(name: str):
+    """A column by its exact name (dots, spaces and backticks are part of the name)."""
+    return F.col(quote_identifier(name))
+
+
+def collect_stats(scored: DataFrame) -> ScoringStats:
+    """Run `scored` (made by `score(..., stats=True)`) in ONE action and total its counters.
+
+    Persist `scored` first when its rows are used again (the write, the error summary):
+    this action then computes and keeps them, and the counters describe exactly the rows
+    kept, whatever actions follow.
+
+    Raises:
+        UsageError: `scored` has no `STATS_COLUMN` (it was made without `stats=True`).
+    """
+    if STATS_COLUMN not in scored.columns:
+        raise UsageError(f"collect_stats needs the {STATS_COLUMN} column: score the frame with stats=True")
+    counters = F.col(STATS_COLUMN)
+    row = scored.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.col(ERROR_COLUMN)).alias("rows_failed"),
+        *[F.coalesce(F.sum(counters.getItem(i)), F.lit(0)).alias(name) for i, name in enumerate(_STAT_FIELDS)],
+    ).collect()[0]
+    return ScoringStats(**{name: int(row[name]) for name in ("rows", "rows_failed", *_STAT_FIELDS)})
 
 
 # --------------------------------------------------------------------------------------
@@ -295,29 +383,28 @@ class _Worker:
         self.empty_cache()
 
 
-def _make_partition_scorer(spec: ModelSpec, output_names: list[str], accs: dict[str, Any] | None):
+def _make_partition_scorer(spec: ModelSpec, output_names: list[str], decode: list[str]):
     # The returned closure is pickled into the Spark job: it only references `spec`
-    # (small), accumulator handles, and functions of this importable module.
+    # (small) and functions of this importable module.
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        return _score_partition(batches, spec, output_names, accs)
+        return _score_partition(batches, spec, output_names, decode)
 
     return score_partition
 
 
 def _score_partition(
-    batches: Iterator[pd.DataFrame],
-    spec: ModelSpec,
-    output_names: list[str],
-    accs: dict[str, Any] | None,
+    batches: Iterator[pd.DataFrame], spec: ModelSpec, output_names: list[str], decode: list[str]
 ) -> Iterator[pd.DataFrame]:
     worker: _Worker | None = None
-    totals = batching.BatchStats()
-    loads = 0
     try:
         for pdf in batches:
-            if worker is None:  # load lazily: an empty partition never loads the model
+            if pdf.empty:  # nothing to score: an empty partition never loads the model
+                yield pdf.assign(**{name: pd.Series(dtype=object) for name in [*output_names, ERROR_COLUMN, STATS_COLUMN]})
+                continue
+            loads = 0
+            if worker is None:
                 worker, loaded = _get_worker(spec)
-                loads += int(loaded)
+                loads = int(loaded)
                 _set_cpu_threads(worker.device)
             model = worker.model
             result = batching.score_rows(
@@ -326,6 +413,7 @@ def _score_partition(
                 kinds=model.outputs,
                 lengths=model.lengths,
                 invalid_rows=model.invalid_rows,
+                decode=decode,
                 max_rows=spec.batch.max_rows,
                 max_tokens=spec.batch.budget(model.length_unit),
                 sort_by_length=spec.batch.sort_by_length,
@@ -334,23 +422,16 @@ def _score_partition(
                 state=worker.backoff,
                 on_out_of_memory=worker.empty_cache,
             )
-            totals.add(result.stats)
-            added = {
-                name: pd.Series(result.outputs[name], index=pdf.index, dtype=object)
-                for name in output_names
-            }
+            added = {name: pd.Series(result.outputs[name], index=pdf.index, dtype=object) for name in output_names}
             added[ERROR_COLUMN] = pd.Series(result.errors, index=pdf.index, dtype=object)
+            # This batch's counters ride on its first row; collect_stats sums them.
+            counts = {**{f: getattr(result.stats, f, 0) for f in _STAT_FIELDS}, "model_loads": loads}
+            counters: list[list[int] | None] = [None] * len(pdf)
+            counters[0] = [int(counts[f]) for f in _STAT_FIELDS]
+            added[STATS_COLUMN] = pd.Series(counters, index=pdf.index, dtype=object)
             yield pd.concat([pdf, pd.DataFrame(added, index=pdf.index)], axis=1)
     except ScoringError as exc:  # a model that fails to load, wrong model output: typed, for the driver
         raise for_executor(exc) from exc
-    finally:
-        if accs is not None:
-            for name in batching.BatchStats.__dataclass_fields__:
-                value = getattr(totals, name)
-                if value:
-                    accs[name].add(value)
-            if loads:
-                accs["model_loads"].add(loads)
 
 
 def _get_worker(spec: ModelSpec) -> tuple[_Worker, bool]:

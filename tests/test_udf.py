@@ -7,6 +7,7 @@ import shutil
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyspark.sql import Row
@@ -87,8 +88,7 @@ def test_embedding_scores_every_row_keeps_columns_and_matches_encode(spark, mini
     ]
     df = _text_df(spark, texts)
     spec = _spec(spark, minilm_dir, "embedding", batch=BatchConfig(max_rows=8, max_tokens=600))
-    stats = udf.ScoringStats(spark)
-    out = udf.score(df, spec, stats)
+    out = udf.score(df, spec)
     assert out.columns == [*df.columns, "embedding", "error"]
     assert out.schema.fields[: len(df.columns)] == df.schema.fields
     rows = sorted(out.collect(), key=lambda r: r.id)
@@ -104,12 +104,39 @@ def test_embedding_scores_every_row_keeps_columns_and_matches_encode(spark, mini
     expected = minilm_ref.encode([r.text for r in ok], show_progress_bar=False)
     np.testing.assert_allclose(np.array([r.embedding for r in ok]), expected, atol=1e-4)
 
-    snap = stats.snapshot()
-    assert snap["rows"] == len(texts) and snap["rows_failed"] == 1
-    assert snap["batches"] >= (len(texts) - 1) // 8
-    assert 0 < snap["real_tokens"] <= snap["padded_tokens"]
-    assert snap["padding_efficiency"] == pytest.approx(snap["real_tokens"] / snap["padded_tokens"])
-    assert snap["oom_backoffs"] == 0
+
+
+def test_stats_come_back_with_the_scoring_action(spark, minilm_dir):
+    # The counters ride on the rows (no accumulators): collect_stats runs the scoring once
+    # and totals them with the rows and failures, and equal the batches computed directly.
+    from spark_scoring import batching
+    from spark_scoring.models.tasks import get_task
+
+    texts = [*SAMPLE_TEXTS, None, *[f"sentence number {i} about spark and delta" for i in range(20)]]
+    df = _text_df(spark, texts).coalesce(1)  # one Arrow batch: the same packing as below
+    batch = BatchConfig(max_rows=8, max_tokens=600)
+    spec = _spec(spark, minilm_dir, "embedding", batch=batch)
+    with_stats = udf.score(df, spec, stats=True)
+    assert with_stats.columns == [*df.columns, "embedding", "error", udf.STATS_COLUMN]
+    stats = udf.collect_stats(with_stats)
+
+    model = get_task("embedding").load(minilm_dir, {}, "cpu", "auto")
+    direct = batching.score_rows(
+        pd.DataFrame({"text": texts}), model.predict, kinds=model.outputs, lengths=model.lengths,
+        invalid_rows=model.invalid_rows, max_rows=8, max_tokens=600, row_overhead=model.row_overhead,
+        length_unit=model.length_unit,
+    ).stats
+    assert (stats.rows, stats.rows_failed) == (len(texts), 1)
+    assert (stats.batches, stats.real_tokens, stats.padded_tokens) == (
+        direct.batches, direct.real_tokens, direct.padded_tokens)
+    assert stats.batches >= (len(texts) - 1) // 8 and stats.oom_backoffs == 0
+    assert 0 < stats.real_tokens <= stats.padded_tokens
+    assert stats.padding_efficiency == pytest.approx(stats.real_tokens / stats.padded_tokens)
+    assert stats.as_dict()["padding_efficiency"] == stats.padding_efficiency
+    assert stats.model_loads <= 1  # this worker may hold the model from an earlier test
+
+    with pytest.raises(UsageError, match="collect_stats needs the _spark_scoring_stats column"):
+        udf.collect_stats(udf.score(df, spec))
 
 
 def _python_workers() -> int:
@@ -130,13 +157,13 @@ def test_model_loads_once_per_worker_across_jobs(spark, minilm_dir):
     # each worker must load the model at most once, whatever the number of tasks and jobs.
     df = _text_df(spark, [f"text {i}" for i in range(48)]).repartition(12)
     spec = _spec(spark, minilm_dir, "embedding", identity=f"once-{uuid.uuid4().hex[:8]}")
-    stats = udf.ScoringStats(spark)
-    assert udf.score(df, spec, stats).filter("error is null").count() == 48
-    assert udf.score(df, spec, stats).filter("error is null").count() == 48
-    snap = stats.snapshot()
+    first = udf.collect_stats(udf.score(df, spec, stats=True))
+    second = udf.collect_stats(udf.score(df, spec, stats=True))
+    stats = first + second
     workers = _python_workers()
-    assert snap["rows"] == 96
-    assert 1 <= snap["model_loads"] <= workers < 24, (snap, workers)
+    assert (stats.rows, stats.rows_failed) == (96, 0)
+    assert 1 <= stats.model_loads <= workers < 24, (stats, workers)
+    assert first.model_loads >= 1
 
 
 def test_text_classification_with_all_scores(spark, tiny_models):  # noqa: F811

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Literal
 
 from pyspark.sql import SparkSession
@@ -21,6 +22,7 @@ from pyspark.sql import SparkSession
 from spark_scoring.errors import LakehouseError, UsageError
 from spark_scoring.jars import DELTA_CATALOG, DELTA_CLASS, DELTA_EXTENSION, missing_jars_message
 from spark_scoring.lakehouse.base import CommitInfo, FileEntry, Lakehouse, WriteResult
+from spark_scoring.session import is_connect
 
 __all__ = [
     "CommitInfo",
@@ -38,16 +40,50 @@ _ENGINES = ("auto", "delta-spark", "delta-rs")
 
 
 def delta_jars_available(spark: SparkSession) -> bool:
-    """True when the JVM Delta classes (`io.delta.tables.DeltaTable`) load in `spark`'s JVM."""
+    """True when the JVM Delta classes (`io.delta.tables.DeltaTable`) load in `spark`'s JVM.
+
+    Over Spark Connect there is no JVM to ask from Python: the server is asked instead
+    whether it reads the `delta` format and serves Delta's Python API (`_server_has_delta`).
+    """
+    if is_connect(spark):
+        return _server_has_delta(spark)
     try:
         jvm = spark._jvm  # type: ignore[attr-defined]
-        if jvm is None:  # Spark Connect has no py4j gateway
+        if jvm is None:
             return False
         loader = jvm.Thread.currentThread().getContextClassLoader()
         jvm.java.lang.Class.forName(DELTA_CLASS, True, loader)
         return True
     except Exception:  # any failure to load the class means: no usable connector
         return False
+
+
+def _server_has_delta(spark: SparkSession) -> bool:
+    """Whether a Spark Connect server can serve the delta-spark engine.
+
+    Two cheap questions, answered by analysis alone (nothing runs on the executors): does a
+    `delta` read of a path that does not exist fail for the path (Delta is there) or with
+    DATA_SOURCE_NOT_FOUND; and does Delta's Python API (`delta.tables.DeltaTable`, which
+    `delta_spark.py` uses) answer over Connect: it needs the server's Delta Connect plugin
+    (Databricks has it; the Delta 4.4.0 jars here have none: CONNECT_INVALID_PLAN.
+    NO_HANDLER_FOR_EXTENSION). The second question can go once the backend reads tables
+    by SQL and the Delta log alone.
+    """
+    probe = f"/tmp/spark-scoring-delta-probe-{uuid.uuid4().hex}"
+    try:
+        spark.read.format("delta").load(probe).schema  # noqa: B018 - analysis is the probe
+    except Exception as exc:  # noqa: BLE001 - the error says which case this is
+        if "DATA_SOURCE_NOT_FOUND" in str(exc) or "Failed to find the data source" in str(exc):
+            return False
+    try:
+        from delta.tables import DeltaTable
+
+        DeltaTable.isDeltaTable(spark, probe)
+    except Exception:  # noqa: BLE001 - any failure: the API does not work over this server
+        log.info("the Spark Connect server reads Delta, but Delta's Python API does not answer over it "
+                 "(no Delta Connect plugin)")
+        return False
+    return True
 
 
 def open_lakehouse(spark: SparkSession, engine: Engine | str = "auto") -> Lakehouse:

@@ -108,7 +108,12 @@ def activate(spark: SparkSession) -> None:
     Spark looks Python data sources up in the JVM's *active* session, which is kept per
     thread: a read or write from a thread that never touched the session (a scheduler's
     worker thread, two runs in parallel threads) would fail with DATA_SOURCE_NOT_FOUND.
+    Over Spark Connect there is no JVM here, and the server runs each request in its session.
     """
+    from spark_scoring.session import is_connect  # driver only: the workers never import it
+
+    if is_connect(spark):
+        return
     SparkSession._get_j_spark_session_class(spark._jvm).setActiveSession(spark._jsparkSession)  # type: ignore[attr-defined]
 
 
