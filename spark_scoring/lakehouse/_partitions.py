@@ -13,6 +13,9 @@ string form, so three conversions live here, each in one place:
   `replaceWhere`. User data never reaches SQL unescaped: strings that are not plainly safe are
   written as hex bytes (`CAST(X'..' AS STRING)`), which no parser setting can misread, and
   every other literal is built from the parsed, typed value.
+* `PartitionMatcher`: which files fall inside a list of partition specs, by hash lookup on
+  canonical typed values (planning a read, the files a commit removes, the rows a
+  replacing write task may hold), so that it costs O(files + specs), not their product.
 """
 
 from __future__ import annotations
