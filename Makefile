@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-cluster test-gpu test-all bench lint clean
+.PHONY: install demo test test-slow test-cluster test-gpu test-connect test-all bench lint clean
 
 install: $(STAMP) $(JARS_STAMP)
 
@@ -49,8 +49,13 @@ test-cluster: install
 test-gpu: install
 	$(BIN)/python tests/run_pytest.py -m gpu
 
+# Spark Connect: its own pytest process (pyspark refuses a Connect session beside a classic one).
+test-connect: install
+	$(BIN)/python tests/run_pytest.py -m connect
+
 test-all: install
-	$(BIN)/python tests/run_pytest.py -m ''
+	$(BIN)/python tests/run_pytest.py -m 'not connect'
+	$(BIN)/python tests/run_pytest.py -m connect
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -40,7 +40,7 @@ else:
 from pathlib import Path
 
 from spark_scoring import explore
-from spark_scoring.session import get_spark
+from spark_scoring.session import describe, get_spark
 
 
 def from_repo_root(value: str) -> str:
@@ -58,7 +58,7 @@ def from_repo_root(value: str) -> str:
 TABLE = from_repo_root(TABLE)
 TRACKING_URI = from_repo_root(TRACKING_URI)
 spark = get_spark()
-print(f"table: {TABLE}\nMLflow: {TRACKING_URI}\nSpark {spark.version}, master {spark.sparkContext.master}")
+print(f"table: {TABLE}\nMLflow: {TRACKING_URI}\n{describe(spark)}")  # classic or Spark Connect (serverless)
 
 try:
     display  # noqa: B018 (Databricks and IPython provide it)
