@@ -229,7 +229,7 @@ def test_bundle_declares_name_include_targets_and_variables():
 @pytest.mark.parametrize("target", ["dev", "prod"])
 def test_bundle_jobs_are_valid_sdk_job_settings(target: str):
     found = _bundle_jobs(target)
-    assert set(found) == {"nightly_scoring", "nightly_scoring_gpu"}
+    assert set(found) == {"nightly_scoring", "nightly_scoring_gpu", "nightly_scoring_serverless"}
     for key, job in found.items():
         assert _strict_problems(job, jobs.JobSettings) == [], key
         settings = jobs.JobSettings.from_dict(job)
@@ -292,13 +292,43 @@ def test_gpu_job_shares_each_gpu_between_two_tasks():
 
 
 def test_prod_target_unpauses_the_schedules_and_scales_out():
-    for job in _bundle_jobs("prod").values():
+    for key, job in _bundle_jobs("prod").items():
         s = jobs.JobSettings.from_dict(job)
+        if key == "nightly_scoring_serverless":  # an alternative to nightly_scoring: off unless chosen
+            assert s.schedule.pause_status is jobs.PauseStatus.PAUSED and not s.job_clusters
+            continue
         assert s.schedule.pause_status is jobs.PauseStatus.UNPAUSED
         assert s.job_clusters[0].new_cluster.num_workers == 4
 
 
-@pytest.mark.parametrize("key", ["nightly_scoring", "nightly_scoring_gpu"])
+def test_serverless_job_is_the_cpu_job_with_an_environment_and_no_cluster():
+    found = _bundle_jobs("dev")
+    s = jobs.JobSettings.from_dict(found["nightly_scoring_serverless"])
+    cpu = jobs.JobSettings.from_dict(found["nightly_scoring"])
+    # serverless: no cluster spec anywhere, the package from the job's environment
+    assert not s.job_clusters
+    (env,) = s.environments
+    assert isinstance(env, jobs.JobEnvironment) and isinstance(env.spec, compute.Environment)
+    assert env.spec.environment_version == "4" and env.spec.client is None
+    (wheel,) = env.spec.dependencies
+    assert (BUNDLE_DIR / "resources" / wheel).resolve() == REPO / "dist" / "*.whl"
+    (task,) = s.tasks
+    assert task.environment_key == env.environment_key
+    assert task.job_cluster_key is None and task.new_cluster is None and task.existing_cluster_id is None
+    assert not task.libraries  # serverless tasks take their packages from the environment
+    # the same entry point, config, schedule and guards as the classic CPU job, on CPUs
+    (cpu_task,) = cpu.tasks
+    assert task.spark_python_task.python_file == cpu_task.spark_python_task.python_file
+    assert task.spark_python_task.parameters == [*cpu_task.spark_python_task.parameters, "--set", "model.device=cpu"]
+    assert s.schedule.quartz_cron_expression == cpu.schedule.quartz_cron_expression
+    assert s.schedule.pause_status is jobs.PauseStatus.PAUSED
+    assert (s.max_concurrent_runs, s.queue.enabled, task.max_retries) == (1, False, 1)
+    assert s.email_notifications.on_failure == cpu.email_notifications.on_failure
+    assert s.performance_target is jobs.PerformanceTarget.STANDARD
+    assert "gpu" not in str(found["nightly_scoring_serverless"]).lower()
+
+
+@pytest.mark.parametrize("key", ["nightly_scoring", "nightly_scoring_gpu", "nightly_scoring_serverless"])
 def test_task_parameters_are_what_the_entry_point_accepts(key: str, capsys):
     """The job's parameters, with the config path mapped back into this checkout, validate."""
     (task,) = _bundle_jobs("dev")[key]["tasks"]
