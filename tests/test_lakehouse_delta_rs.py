@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError
 from spark_scoring.lakehouse.delta_rs import DeltaRsLakehouse
+from spark_scoring.lakehouse.deltalog import DeltaLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,7 @@ def _disk_paths(table: str) -> set[str]:
 
 def test_catalog_names_need_the_jvm_connector(lake, spark):
     for call in (
+        lambda: lake.location("sales.orders"),
         lambda: lake.read("main.sales.orders", 0),
         lambda: lake.latest_version("sales.orders"),
         lambda: lake.write(spark.range(1), "sales.scored", mode="append"),
@@ -182,7 +184,8 @@ def test_schema_mismatch_is_refused_before_writing(lake, spark, table):
         lake.write(df, table, mode="append", expected_version=0)
 
 
-def test_commit_during_the_write_is_detected_and_files_are_removed(lake, spark, table, tmp_path):
+@pytest.mark.parametrize("mode", ["replace_partitions", "upsert"])
+def test_commit_during_the_write_is_detected_and_files_are_removed(lake, spark, table, tmp_path, mode):
     """Another writer commits while our tasks run: our commit must refuse and clean up."""
     _seed(table)
     marker = str(tmp_path / "intruder-committed")
@@ -204,8 +207,9 @@ def test_commit_during_the_write_is_detected_and_files_are_removed(lake, spark, 
 
     df = spark.createDataFrame([(5, "2024-05-01"), (6, "2024-05-01")], "id long, day string")
     df = df.withColumn("id", commit_meanwhile("id"))
+    kwargs = {"partitions": [{"day": "2024-05-01"}]} if mode == "replace_partitions" else {"key": "id"}
     with pytest.raises(ConcurrentRunError, match=r"moved from version 0 to 1 while this run was running"):
-        lake.write(df, table, mode="replace_partitions", partitions=[{"day": "2024-05-01"}], expected_version=0)
+        lake.write(df, table, mode=mode, expected_version=0, **kwargs)
     dt_ = deltalake.DeltaTable(table)
     assert dt_.version() == 1
     assert sorted(pa.table(dt_.to_pyarrow_table()).column("id").to_pylist()) == [1, 2, 3, 99]
@@ -283,3 +287,94 @@ def test_typed_partition_columns_written_by_another_writer(lake, tmp_path):
                           partitions=[{"day": "2026-01-02"}, {"day": "2026-01-01"}], expected_version=0)
     assert replaced.version == 1
     assert sorted(deltalake.DeltaTable(out).to_pandas()["id"]) == [2, 3]
+
+
+# --------------------------------------------------------------------------- bounded open files
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_write_task_keeps_a_bounded_number_of_files_open(table):
+    """300 partitions interleaved in every batch, 3 files open at most: all rows land."""
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    from spark_scoring.lakehouse._delta_rs.writer import DeltaRsWriter
+
+    schema = StructType([StructField("id", LongType()), StructField("p", LongType())])
+    writer = DeltaRsWriter({"path": table, "partition_by": '["p"]', "max_open_files": "3"}, schema)
+    peak = []
+
+    def batches():
+        base = _open_fds()
+        for b in range(4):
+            ids = list(range(b * 600, (b + 1) * 600))
+            peak.append(_open_fds() - base)
+            yield pa.RecordBatch.from_pydict({"id": ids, "p": [i % 300 for i in ids]})
+        peak.append(_open_fds() - base)
+
+    message = writer.write(batches())
+    assert max(peak) <= 3
+    assert message.rows == 2400 and {a["partition_values"]["p"] for a in message.adds} == {str(p) for p in range(300)}
+    writer.commit([message])
+    data = deltalake.DeltaTable(table).to_pyarrow_table()
+    assert sorted(data.column("id").to_pylist()) == list(range(2400))
+    assert all(p == i % 300 for i, p in zip(data.column("id").to_pylist(), data.column("p").to_pylist(), strict=True))
+
+
+_MANY_PARTITIONS = textwrap.dedent(
+    """
+    import os, resource, sys
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))  # the default limit of most systems
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+             .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+    from spark_scoring.lakehouse.delta_rs import DeltaRsLakehouse
+
+    # 1,500 partitions, rows in random order, in two tasks.
+    df = spark.range(0, 4500).selectExpr("id", "cast(id % 1500 as int) as p").orderBy("id").repartition(2)
+    result = DeltaRsLakehouse(spark).write(df, sys.argv[1], mode="append", partition_by=["p"])
+    print("FILES", result.files_added, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    """
+)
+
+
+def test_1500_output_partitions_under_the_default_open_file_limit(table):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, table], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files, limit = proc.stdout.split("FILES", 1)[1].split()
+    assert limit == "1024"
+    data = deltalake.DeltaTable(table)
+    per_partition: dict[str, int] = {}
+    for path in data.file_uris():
+        part = path.rsplit("/", 2)[-2]
+        per_partition[part] = per_partition.get(part, 0) + 1
+    assert len(per_partition) == 1500 and max(per_partition.values()) <= 2  # one file per partition and task
+    assert int(files) == sum(per_partition.values())
+    assert sorted(data.to_pyarrow_table().column("id").to_pylist()) == list(range(4500))
+
+
+# --------------------------------------------------------------------------- upsert specifics
+
+
+def test_upsert_by_key_ranges_when_keys_are_many(lake, spark, table, monkeypatch):
+    """Above EXACT_KEYS_LIMIT, each partition's [min, max] key range picks the files."""
+    import spark_scoring.lakehouse.delta_rs as backend
+
+    for lo in (0, 100, 200):  # three files per partition with disjoint key ranges
+        rows = [(n, "ab"[n % 2], "old") for n in range(lo, lo + 100)]
+        lake.write(spark.createDataFrame(rows, "id long, day string, v string").coalesce(1), table, mode="append",
+                   partition_by=["day"], expected_version=None if lo == 0 else lo // 100 - 1)
+    monkeypatch.setattr(backend, "EXACT_KEYS_LIMIT", 2)
+    update = spark.createDataFrame([(110, "a", "new"), (150, "a", "new"), (130, "a", "new")], "id long, day string, v string")
+    result = lake.write(update, table, mode="upsert", key="id", expected_version=2)
+    removed = DeltaLog(table).commit(result.version).removes
+    middle = [f.key for f in lake.files(table, 2)
+              if f.partition_values == {"day": "a"} and f.action.parsed_stats["minValues"]["id"] == 100]
+    assert [r.key for r in removed] == middle  # the file of ids 100-198 only
+    got = {r["id"]: r["v"] for r in lake.read(table, result.version).collect()}
+    assert len(got) == 300 and {k for k, v in got.items() if v == "new"} == {110, 130, 150}
