@@ -63,7 +63,7 @@ def test_rows_left_by_another_model_are_rescored_under_on_change_rescore(spark, 
 
 def test_failed_rows_are_retried_when_their_file_changes(spark, small, minilm_dir):
     write_source(small / "source", pd.DataFrame({"id": [50], "day": ["d2"], "lang": ["en"], "text": [None]}))
-    cfg = job_config(small, minilm_dir)
+    cfg = job_config(small, minilm_dir, errors={"max_error_rate": 1.0})
     pipeline.run(cfg, spark=spark)
     assert read_output(small / "output").set_index("id").loc[50, "error"] is not None
     dt = DeltaTable(str(small / "source"))

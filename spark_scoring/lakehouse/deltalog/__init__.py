@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
@@ -346,6 +346,12 @@ class DeltaLog:
         if version not in self._states:
             self._states[version] = self._replay(version, with_files=False)
         return self._states[version]
+
+    def missing_files(self, actions: Iterable[FileAction]) -> list[str]:
+        """The data files of `actions` that no longer exist (e.g. removed by VACUUM)."""
+        paths = [a.location(self._root) for a in actions]
+        infos = self._fs.get_file_info(paths) if paths else []
+        return [p for p, info in zip(paths, infos, strict=True) if info.type == pafs.FileType.NotFound]
 
     def snapshot(self, version: int | None = None) -> Snapshot:
         """The table as of `version` (None: the latest), from the log alone.
