@@ -5,7 +5,10 @@ without Spark. `udf.py` calls `score_rows` once per Arrow batch on the executors
 
 How one chunk of rows (an Arrow batch) is scored:
 
-1. rows the model cannot take at all (null input, not a string) get an error at once;
+1. inputs that arrive as UTF-8 bytes (`decode`: Spark strings travel to the Python
+   workers as their bytes) are decoded row by row; a value that is not valid UTF-8 fails
+   its row only. Rows the model cannot take at all (null input, not a string, not valid
+   UTF-8) get an error at once;
 2. the others are ordered by token length, longest first (the first batch is the largest
    in padded tokens, so a CUDA OOM shows up early and the learned limit then holds for
    the rest), and packed greedily: a batch closes at `max_rows` rows or when
@@ -27,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +49,7 @@ _MAX_ERROR_CHARS = 2000
 
 @dataclass
 class BatchStats:
-    """Counters for one or more `score_rows` calls (summed into Spark accumulators)."""
+    """Counters for one or more `score_rows` calls (udf.collect_stats sums them over the tasks)."""
 
     rows: int = 0
     rows_failed: int = 0
@@ -246,6 +249,43 @@ def _check_scalars(
     return out
 
 
+def decode_utf8(inputs: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, dict[int, str]]:
+    """`inputs` with `columns` (values as UTF-8 bytes) decoded into str, row by row.
+
+    Spark hands a string column to Python as text only when every value of the Arrow batch
+    is valid UTF-8 (one bad value fails the whole batch), so the scoring UDF ships strings
+    as their bytes and decodes the model inputs here: a value that is not valid UTF-8
+    becomes None, and its row gets the error returned for it.
+
+    Returns:
+        (the decoded inputs, positional index -> error message).
+    """
+    if not columns or inputs.empty:
+        return inputs, {}
+    decoded = inputs.copy(deep=False)
+    errors: dict[int, str] = {}
+    for column in columns:
+        values = decoded[column].tolist()
+        for i, value in enumerate(values):
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                try:
+                    values[i] = bytes(value).decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    values[i] = None
+                    errors.setdefault(i, _not_utf8(column, exc))
+        decoded[column] = pd.Series(values, index=decoded.index, dtype=object)
+    return decoded, errors
+
+
+def _not_utf8(column: str, exc: UnicodeDecodeError) -> str:
+    raw = bytes(exc.object)
+    bad = raw[exc.start : min(exc.end, exc.start + 4)].hex(" ")
+    return (
+        f"input column {column!r} is not valid UTF-8 text ({exc.reason}: byte(s) {bad} at "
+        f"offset {exc.start} of {len(raw)}); fix or remove the value in the source table"
+    )
+
+
 def score_rows(
     inputs: pd.DataFrame,
     predict: PredictFn,
@@ -253,6 +293,7 @@ def score_rows(
     kinds: Mapping[str, str],
     lengths: np.ndarray | Callable[[pd.DataFrame], np.ndarray | None] | None = None,
     invalid_rows: Callable[[pd.DataFrame], Mapping[int, str]] | None = None,
+    decode: Sequence[str] = (),
     max_rows: int = 64,
     max_tokens: int = 16384,
     sort_by_length: bool = True,
@@ -270,6 +311,7 @@ def score_rows(
         lengths: token length per row, or a function of the usable rows giving it; None
             means every row costs 1 token (non-text models: only `max_rows` packs).
         invalid_rows: usable-row check: positional index -> error message.
+        decode: input columns holding UTF-8 bytes, decoded first (`decode_utf8`).
         max_rows: most rows per model batch.
         max_tokens: the length budget: most padded tokens (rows x longest) per model
             batch, or, for `length_unit` "pixels", most rows x largest decoded image.
@@ -294,7 +336,9 @@ def score_rows(
     outputs: dict[str, list[Any]] = {col: [None] * n for col in kinds}
     errors: list[str | None] = [None] * n
 
+    inputs, undecodable = decode_utf8(inputs, decode)
     bad = dict(invalid_rows(inputs)) if invalid_rows is not None and n else {}
+    bad.update(undecodable)  # said first: the null left in their place is not the reason
     for i, message in bad.items():
         errors[i] = message
     usable = (

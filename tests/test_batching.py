@@ -14,6 +14,7 @@ import torch
 from spark_scoring.batching import (
     BackoffState,
     BatchStats,
+    decode_utf8,
     is_out_of_memory,
     plan_batches,
     score_rows,
@@ -241,6 +242,33 @@ def test_invalid_rows_get_errors_without_reaching_the_model():
 
     all_bad = score_rows(_frame([None]), rec, kinds=KINDS, invalid_rows=invalid)
     assert all_bad.errors == ["input column 'text' is null"] and all_bad.stats.rows_failed == 1
+
+
+def test_inputs_shipped_as_bytes_are_decoded_and_invalid_utf8_fails_its_row_only():
+    raw = ["ok".encode(), b"bad \xc3\x28 bytes", None, "Zoë 😀".encode(), b"\xff"]
+    rec = Recorder()
+
+    def invalid(rows):
+        return {i: "input column 'text' is null" for i, v in enumerate(rows["text"]) if v is None}
+
+    res = score_rows(_frame(raw), rec, kinds=KINDS, lengths=_lengths, invalid_rows=invalid, decode=["text"])
+    assert res.outputs["echo"] == ["ok", None, None, "Zoë 😀", None]
+    assert res.errors[0] is None and res.errors[3] is None
+    assert res.errors[1] == ("input column 'text' is not valid UTF-8 text (invalid continuation byte: byte(s) c3 "
+                             "at offset 4 of 12); fix or remove the value in the source table")
+    assert res.errors[2] == "input column 'text' is null"  # a null is a null, not a decoding error
+    assert res.errors[4].startswith("input column 'text' is not valid UTF-8 text (invalid start byte: byte(s) ff at offset 0")
+    assert res.stats.rows_failed == 3
+    assert sorted(t for c in rec.calls for t in c) == ["Zoë 😀", "ok"]  # the model saw only text
+
+
+def test_decode_utf8_leaves_other_columns_and_the_frame_alone():
+    frame = pd.DataFrame({"a": [b"x", b"\xc3"], "b": [b"\xc3", b"y"]}, index=[7, 9])
+    decoded, errors = decode_utf8(frame, ["a"])
+    assert decoded["a"].tolist() == ["x", None] and decoded["b"].tolist() == [b"\xc3", b"y"]
+    assert list(decoded.index) == [7, 9] and set(errors) == {1}  # positional, like invalid_rows
+    assert frame["a"].tolist() == [b"x", b"\xc3"]  # the caller's frame is not changed
+    assert decode_utf8(frame, []) == (frame, {})
 
 
 def test_scoring_error_from_predict_fails_the_batch_instead_of_per_row_errors():
