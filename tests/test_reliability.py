@@ -7,6 +7,14 @@ one bad value fails one row (class 9); any legal column name works (class 11).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -14,6 +22,8 @@ from deltalake import DeltaTable, write_deltalake
 
 from spark_scoring import pipeline
 from spark_scoring.cli import main
+from spark_scoring.contract import CommitRecord
+from spark_scoring.tracking import CLOSED_AFTERWARDS_TAG, RunTracker, close_stale_run
 from tests.pipeline_helpers import job_config, read_output, source_rows, write_source
 
 
@@ -26,6 +36,11 @@ def config_file(tmp_path, cfg, name: str = "job.yaml") -> str:
 def _bad_rows(ids, day: str) -> pd.DataFrame:
     """Rows the model cannot score (null text): each gets an error."""
     return pd.DataFrame({"id": list(ids), "day": [day] * len(ids), "lang": ["en"] * len(ids), "text": [None] * len(ids)})
+
+
+def _last_record(table) -> CommitRecord:
+    """The output's last commit record, read with delta-rs (custom metadata: top-level keys)."""
+    return CommitRecord.from_metadata(DeltaTable(str(table)).history(1)[0])
 
 
 def _quarantined(tmp_path) -> pd.DataFrame:
@@ -122,3 +137,121 @@ def test_invalid_utf8_in_key_and_passthrough_columns_is_published_byte_for_byte(
     assert (result.status, result.rows_scored, result.rows_failed) == ("published", 3, 0)
     assert _bytes_of(tmp_path / "output", "lang") == dict(zip(keys, langs, strict=True))  # not a byte changed
     assert pipeline.run(cfg, spark=spark).status == "nothing-to-do"
+
+
+# ------------------------------------------------------------------ class 6: after the commit
+
+
+def _mlflow_server(root, port: int) -> subprocess.Popen:
+    from tests.test_mlflow_server import _wait_healthy
+
+    root.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with (root / "server.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+            start_new_session=True,  # its own process group: the server's workers die with it
+        )
+    _wait_healthy(f"http://127.0.0.1:{port}", proc, root / "server.log")
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the server and its worker processes (the whole process group it leads)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_after_the_commit_exits_0_and_the_next_run_redoes_nothing(
+    spark, tmp_path, minilm_dir, monkeypatch, caplog, capsys
+):
+    from mlflow import MlflowClient
+
+    from tests.test_mlflow_server import _free_port
+
+    write_source(tmp_path / "source", source_rows(range(1, 9), "d1"))
+    write_source(tmp_path / "source", _bad_rows([70], "d1"))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path / "server", port)
+    try:
+        cfg = job_config(tmp_path, minilm_dir, mlflow={"tracking_uri": url, "experiment": "killed-server"},
+                         errors={"max_error_rate": 0.5, "quarantine_table": str(tmp_path / "quarantine")})
+        path = config_file(tmp_path, cfg)
+        published_at: list[float] = []
+        record_output = RunTracker.set_output_version
+
+        def server_dies_as_the_commit_lands(tracker, version):
+            _stop(server)  # the tracking server goes down between the commit and the end of the run
+            published_at.append(time.perf_counter())
+            record_output(tracker, version)
+
+        monkeypatch.setattr(RunTracker, "set_output_version", server_dies_as_the_commit_lands)
+        assert main(["run", path]) == 0
+        after_commit = time.perf_counter() - published_at[0]
+        assert after_commit < 90, f"{after_commit:.0f} s between the commit and the exit"  # not minutes of retries
+        err = capsys.readouterr().err
+        assert "failed" not in err.lower() or "rows failed" in err.lower(), err
+        warned = [r.getMessage() for r in caplog.records if "is published, but MLflow run" in r.getMessage()]
+        assert warned and "output version 0 is published" in warned[0]
+        out = read_output(tmp_path / "output")
+        assert out["id"].tolist() == [*range(1, 9), 70]
+        assert _quarantined(tmp_path)["id"].tolist() == [70]  # the Delta side table does not need MLflow
+
+        # the next run (MLflow still down) finds the work done
+        assert main(["run", path, "--json"]) == 0
+        assert '"status": "nothing-to-do"' in capsys.readouterr().out
+        assert DeltaTable(str(tmp_path / "output")).version() == 0
+
+        # MLflow is back: the run behind the published rows is still RUNNING; the next run closes it
+        server = _mlflow_server(tmp_path / "server", port)
+        record = _last_record(tmp_path / "output")
+        client = MlflowClient(url)
+        assert client.get_run(record.run_id).info.status == "RUNNING"
+        assert set(out["run_id"]) == {record.run_id}
+        assert close_stale_run(cfg, record, output_version=0) == record.run_id
+        run = client.get_run(record.run_id)
+        assert run.info.status == "FINISHED" and "this run's commit landed (output version 0)" in run.data.tags[CLOSED_AFTERWARDS_TAG]
+    finally:
+        _stop(server)
+
+
+_KILLED_AFTER_COMMIT = textwrap.dedent("""
+    import os, signal, sys
+    from spark_scoring import tracking
+    from spark_scoring.cli import main
+
+    def die(tracker, version):  # the process is killed the moment its commit landed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    tracking.RunTracker.set_output_version = die
+    sys.exit(main(["run", sys.argv[1]]))
+""")
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_commit_is_closed_afterwards_and_not_redone(spark, tmp_path, minilm_dir, capsys):
+    from mlflow import MlflowClient
+
+    write_source(tmp_path / "source", source_rows(range(1, 6), "d1"))
+    cfg = job_config(tmp_path, minilm_dir)
+    path = config_file(tmp_path, cfg)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(os.getcwd()), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _KILLED_AFTER_COMMIT, path], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert read_output(tmp_path / "output")["id"].tolist() == [1, 2, 3, 4, 5]  # published
+    record = _last_record(tmp_path / "output")
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    assert client.get_run(record.run_id).info.status == "RUNNING"  # left behind by the kill
+
+    assert main(["run", path, "--json"]) == 0  # the next run does not redo the work
+    assert '"status": "nothing-to-do"' in capsys.readouterr().out
+    assert close_stale_run(cfg, record, output_version=0) == record.run_id
+    run = client.get_run(record.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["spark_scoring.output_version"] == "0"
+    assert run.data.tags[CLOSED_AFTERWARDS_TAG].startswith("ended by a later run of job 'test_job'")
