@@ -117,11 +117,16 @@ class DeltaRsLakehouse(Lakehouse):
         return options
 
     def _planned(
-        self, table: str, version: int, partitions: Sequence[PartitionValues] | None, files: Iterable[Any] | None
+        self,
+        table: str,
+        version: int,
+        partitions: Sequence[PartitionValues] | None,
+        files: Iterable[Any] | None,
+        snapshot: Snapshot | None = None,
     ) -> list[dict[str, Any]]:
         """The task files of a read planned here, on the driver (checked: no deletion vectors)."""
         delta_log = self.log(table)
-        snapshot = delta_log.snapshot(version)
+        snapshot = snapshot or delta_log.snapshot(version)
         keys = None if files is None else [_file_key(f) for f in files]
         chosen = ds.select_files(snapshot, partitions, keys, table)
         ds.check_readable(snapshot, table, chosen)
@@ -157,11 +162,26 @@ class DeltaRsLakehouse(Lakehouse):
                 )
             schema = StructType([by_name[c] for c in columns])
         ds.check_readable(state, table)
-        options = self._read_options(table, version, partitions, columns)
+        planned = None
         if files is not None or "deletionVectors" in state.protocol.features:
             # Plan here: the files asked for must be checked against the version anyway, and
             # a table with deletion vectors must be checked file by file.
-            options["planned"] = json.dumps(self._planned(table, version, partitions, files))
+            planned = self._planned(table, version, partitions, files)
+        return self._load(table, version, schema, partitions, planned)
+
+    def _load(
+        self,
+        table: str,
+        version: int,
+        schema: StructType,
+        partitions: Sequence[PartitionValues] | None,
+        planned: list[dict[str, Any]] | None,
+    ) -> DataFrame:
+        """The read DataFrame (`planned`: the task files, when the driver chose them)."""
+        columns = schema.fieldNames()
+        options = self._read_options(table, version, partitions, columns)
+        if planned is not None:
+            options["planned"] = json.dumps(planned)
         log.debug("delta-rs read of %s at version %s (partitions %s)", table, version, partitions)
         ds.activate(self.spark)
         return self.spark.read.format(ds.DATA_SOURCE_NAME).schema(schema).options(**options).load()
@@ -186,10 +206,14 @@ class DeltaRsLakehouse(Lakehouse):
             raise LakehouseError(f"partition columns {missing} are not columns of the rows to write {df.columns}")
         if mode == "upsert" and request.table_exists:
             return self._upsert(request)
-        return self._run_write(request, df, "append" if mode == "upsert" else mode)
+        removed: list[FileAction] = []
+        if mode == "replace_partitions" and request.table_exists:
+            snapshot = self.log(table).snapshot(request.expected_version)
+            removed = ds.select_files(snapshot, request.partitions, table=table)
+        return self._run_write(request, df, "append" if mode == "upsert" else mode, removed)
 
     def _run_write(
-        self, request: WriteRequest, rows: DataFrame, mode: str, remove: Sequence[tuple[str, str | None]] = ()
+        self, request: WriteRequest, rows: DataFrame, mode: str, remove: Sequence[FileAction] = ()
     ) -> WriteResult:
         """Write `rows` through the data source: tasks write files, its commit() makes ONE commit."""
         table = request.table
@@ -208,7 +232,9 @@ class DeltaRsLakehouse(Lakehouse):
             "mode": mode,
             "partition_by": json.dumps(write_parts),
             "partitions": json.dumps(list(request.partitions)),
-            "remove": json.dumps([list(k) for k in remove]),
+            # Chosen here at expected_version, the only version the commit can land on.
+            "remove": json.dumps([{"path": f.path, "size": f.size, "partition_values": dict(f.partition_values)}
+                                  for f in remove]),
             "metadata": json.dumps(request.metadata),
             "write_id": write_id,
         }
@@ -266,7 +292,8 @@ class DeltaRsLakehouse(Lakehouse):
                  len(candidates), len(snapshot.files), "exact" if exact else "ranges of")
         rows = request.df
         if candidates:
-            kept = self.read(table, version, files=[f.key for f in candidates])
+            planned = self._planned(table, version, None, [f.key for f in candidates], snapshot)
+            kept = self._load(table, version, ds.spark_schema(snapshot), None, planned)
             names = {c: f"__upsert_{i}" for i, c in enumerate(affected.columns)}
             right = affected.select(*[F.col(parts.quote_identifier(c)).alias(names[c]) for c in affected.columns])
             right = F.broadcast(right.distinct()) if exact else right
@@ -274,7 +301,7 @@ class DeltaRsLakehouse(Lakehouse):
             on.append(kept[parts.quote_identifier(key)] == right[names[key]])
             kept = kept.join(right, on=reduce(lambda a, b: a & b, on), how="left_anti")
             rows = kept.unionByName(request.df.select(*[F.col(parts.quote_identifier(c)) for c in kept.columns]))
-        return self._run_write(request, rows, "upsert", remove=[f.key for f in candidates])
+        return self._run_write(request, rows, "upsert", candidates)
 
 
 def _file_key(item: Any) -> tuple[str, str | None]:

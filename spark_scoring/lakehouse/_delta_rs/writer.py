@@ -51,13 +51,11 @@ from spark_scoring.lakehouse._delta_rs.log import (
     filesystem_for,
     open_table,
     partition_columns,
-    select_files,
     spark_schema,
     table_exists,
     table_log,
 )
 from spark_scoring.lakehouse.base import check_planned_version
-from spark_scoring.lakehouse.deltalog import Snapshot
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
@@ -191,8 +189,10 @@ class DeltaRsWriter(DataSourceArrowWriter):
 
     Options (strings): `path`; `mode` (append | overwrite | replace_partitions | upsert);
     `partition_by` (JSON list: the table's partition columns, or those of a new table);
-    `partitions` (JSON list of specs replaced by replace_partitions); `remove` (upsert: JSON
-    list of [log path, deletion vector id] keys of the files the commit removes);
+    `partitions` (JSON list of specs replaced by replace_partitions, checked in the tasks);
+    `remove` (replace_partitions, upsert: JSON list of {path (as in the log), size,
+    partition_values} of the files the commit removes, chosen by the driver at
+    `expected_version`, which is the only version the commit can land on);
     `expected_version` (int, or absent: the table must not exist); `app_id` +
     `txn_version`; `metadata` (JSON object of strings); `write_id` (unique token stored in
     the commit metadata); `max_open_files` (per task, default `MAX_OPEN_FILES`).
@@ -210,9 +210,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
         self.mode = options.get("mode", "append")
         self.partition_by: list[str] = json.loads(options.get("partition_by") or "[]")
         self.specs: list[dict[str, str | None]] = json.loads(options.get("partitions") or "[]")
-        self.remove: list[tuple[str, str | None]] = [
-            (str(k[0]), k[1]) for k in json.loads(options.get("remove") or "[]")
-        ]
+        self.remove: list[dict[str, Any]] = json.loads(options.get("remove") or "[]")
         expected = options.get("expected_version")
         self.expected_version = int(expected) if expected not in (None, "", "none") else None
         self.app_id = options.get("app_id") or None
@@ -396,7 +394,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
                 ) from exc
 
         if self.mode == "overwrite":
-            custom["operationMetrics"] = _metrics(len(adds), len(delta_log.snapshot(latest).files), rows)
+            custom["operationMetrics"] = _metrics(len(adds), table.get_add_actions(flatten=False).num_rows, rows)
             schema = DeltaSchema.from_arrow(to_arrow_schema(_as_nullable(self.schema), timezone="UTC"))
             if list(self.partition_by) != partition_columns(state):
                 # A new partitioning needs new table metadata: CREATE OR REPLACE in one
@@ -412,23 +410,20 @@ class DeltaRsWriter(DataSourceArrowWriter):
             pinned_commit(adds, "overwrite", schema, self.partition_by)
             return
 
-        removes = self._removes(delta_log.snapshot(latest)) if self.mode in ("replace_partitions", "upsert") else []
+        removes = self._removes()
         custom["operationMetrics"] = _metrics(len(adds), len(removes), rows)
         schema = DeltaSchema.from_arrow(to_arrow_schema(spark_schema(state), timezone="UTC"))
         pinned_commit([*adds, *removes], "append", schema, partition_columns(state))
 
-    def _removes(self, snapshot: Snapshot) -> list:
-        """RemoveActions of the replaced partitions' files, or of the upsert's `remove` keys."""
+    def _removes(self) -> list:
+        """RemoveActions of the files the driver chose (replaced partitions, upserted files)."""
         from deltalake.transaction import RemoveAction
 
-        if self.mode == "replace_partitions":
-            gone = select_files(snapshot, self.specs, table=self.table_name)
-        else:
-            gone = select_files(snapshot, None, self.remove, self.table_name)
         now = int(time.time() * 1000)
         # delta-rs URI-encodes the paths of actions itself: give it the decoded path.
         return [
-            RemoveAction(parts.uri_decode_path(f.path), True, now, f.size, dict(f.partition_values)) for f in gone
+            RemoveAction(parts.uri_decode_path(f["path"]), True, now, f["size"], dict(f["partition_values"]))
+            for f in self.remove
         ]
 
     def abort(self, messages: list[DeltaRsCommitMessage | None]) -> None:

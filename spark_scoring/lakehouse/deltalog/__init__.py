@@ -61,7 +61,6 @@ from spark_scoring.lakehouse.deltalog.actions import (
     TableMetadata,
     commit_timestamp,
     dv_id,
-    file_action,
     history_entry,
     parse_commit,
     parse_non_file_actions,
@@ -292,15 +291,25 @@ class DeltaLog:
         """The commits' commitInfo from version `start` (None: the latest) down to the
         oldest commit file kept, newest first, reading one commit file per step.
 
-        Only commitInfo is parsed (the add/remove lines are skipped unparsed). The
-        iteration ends at the first missing commit file: with log cleanup, history
-        covers the versions whose commit files remain.
+        Each commit file is read only up to its commitInfo (the first action, as both
+        Delta writers put it, and as in-commit timestamps require), so a commit of 100,000
+        files costs no more than a small one. The iteration ends at the first missing
+        commit file: with log cleanup, history covers the versions whose commit files
+        remain.
         """
         listing = self._require()
         version = self.latest_version() if start is None else start
         while version >= 0 and version in listing.commits:
-            yield history_entry(version, self._lines(version), listing.mtimes.get(version))
+            yield self._history_entry(version)
             version -= 1
+
+    def _history_entry(self, version: int) -> HistoryEntry:
+        """The commitInfo of `version`, reading its commit file only as far as needed."""
+        listing = self._require()
+        if version not in listing.commits:
+            self._lines(version)  # raises the clear MissingLogError
+        with self._fs.open_input_stream(listing.commits[version]) as stream:
+            return history_entry(version, _lines_of(stream), listing.mtimes.get(version))
 
     def history(self, limit: int | None = None) -> list[HistoryEntry]:
         """The newest `limit` commits' commitInfo (None: every commit file kept), newest first."""
@@ -392,35 +401,25 @@ class DeltaLog:
         for base in sorted((v for v in listing.checkpoints if v <= version), reverse=True):
             for files in complete_checkpoints(listing.checkpoints[base]):
                 try:
-                    actions = list(read_actions(self._fs, self._log_dir, files, wanted))
+                    actions = read_actions(self._fs, self._log_dir, files, wanted)
                 except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
                     problems.append(f"checkpoint {os.path.basename(files[0])} is unreadable ({exc})")
                     continue
                 return self._apply(version, base, actions, with_files, problems)
         if 0 in listing.commits:
-            return self._apply(version, -1, [], with_files, problems)
+            return self._apply(version, -1, {}, with_files, problems)
         raise MissingLogError(
             f"version {version} of {self.table!r} can no longer be rebuilt from its log: no usable "
             f"checkpoint at or before it and no commit 0{'; ' + '; '.join(problems) if problems else ''}"
         )
 
     def _apply(
-        self, version: int, base: int, actions: list[tuple[str, dict[str, Any]]], with_files: bool, problems: list[str]
+        self, version: int, base: int, actions: Mapping[str, list[Any]], with_files: bool, problems: list[str]
     ) -> TableState:
-        files: dict[FileKey, FileAction] = {}
-        txns: dict[str, int] = {}
-        metadata: TableMetadata | None = None
-        proto: Protocol | None = None
-        for name, raw in actions:
-            if name == "add":
-                action = file_action(raw)
-                files[action.key] = action
-            elif name == "txn":
-                txns[str(raw["appId"])] = int(raw["version"])
-            elif name == "metaData":
-                metadata = table_metadata(raw)
-            elif name == "protocol":
-                proto = protocol(raw)
+        files: dict[FileKey, FileAction] = {a.key: a for a in actions.get("add", ())}
+        txns: dict[str, int] = {str(raw["appId"]): int(raw["version"]) for raw in actions.get("txn", ())}
+        metadata = next((table_metadata(raw) for raw in actions.get("metaData", ())), None)
+        proto = next((protocol(raw) for raw in actions.get("protocol", ())), None)
         timestamp = None
         mtimes = self._list().mtimes
         for v in range(base + 1, version + 1):
@@ -454,13 +453,28 @@ class DeltaLog:
         if metadata is None or proto is None:
             raise MissingLogError(f"the Delta log of {self.table!r} has no metadata or protocol up to version {version}")
         if timestamp is None and version in self._list().commits:  # the state is the checkpoint's
-            timestamp = next(self.iter_history(version)).timestamp
+            timestamp = self._history_entry(version).timestamp
         if not with_files:
             return TableState(version, metadata, proto, txns, timestamp)
         names = metadata.physical_names
         if names:
             files = {k: a.logical(names) for k, a in files.items()}
         return Snapshot(version, metadata, proto, txns, timestamp, files)
+
+
+def _lines_of(stream: Any, chunk: int = 1 << 16) -> Iterator[str]:
+    """The lines of a binary stream, read lazily in chunks (a consumer may stop early)."""
+    pending = b""
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            break
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.decode("utf-8")
+    if pending:
+        yield pending.decode("utf-8")
 
 
 def _has_names(commit: Commit) -> bool:

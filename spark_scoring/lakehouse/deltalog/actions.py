@@ -21,6 +21,8 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
+import pyarrow as pa
+
 
 @dataclass(frozen=True)
 class FileAction:
@@ -256,6 +258,36 @@ def file_action(raw: Mapping[str, Any]) -> FileAction:
         deletion_vector=dict(raw["deletionVector"]) if raw.get("deletionVector") else None,
         tags=dict(raw.get("tags") or {}),
     )
+
+
+def file_actions(column: pa.ChunkedArray | pa.Array) -> list[FileAction]:
+    """`FileAction`s of a checkpoint's add/remove column (its non-null rows), column by
+    column: several times faster than one dict per row for checkpoints of 100,000 files."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    names = {f.name for f in array.type}
+    size = len(array)
+
+    def values(name: str) -> list[Any]:
+        return array.field(name).to_pylist() if name in names else [None] * size
+
+    paths, sizes, changes = values("path"), values("size"), values("dataChange")
+    partition_values, stats, dvs, tags = values("partitionValues"), values("stats"), values("deletionVector"), values("tags")
+    typed = values("stats_parsed") if "stats_parsed" in names else None
+    out = []
+    for i in range(size):
+        text = stats[i]
+        if not text and typed is not None and typed[i]:
+            text = json.dumps(typed[i], default=_stats_json_value)
+        out.append(FileAction(
+            path=paths[i],
+            partition_values=dict(partition_values[i] or ()),
+            size=sizes[i],
+            data_change=True if changes[i] is None else changes[i],
+            stats=text,
+            deletion_vector=dvs[i] or None,
+            tags=dict(tags[i] or ()),
+        ))
+    return out
 
 
 def _stats_json_value(value: Any) -> Any:

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from spark_scoring.lakehouse.deltalog.actions import file_action, file_actions
 
 CHECKPOINT_RE = re.compile(
     r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10})|\.([0-9a-fA-F-]{36}))?\.(parquet|json)$"
@@ -34,6 +36,7 @@ CHECKPOINT_RE = re.compile(
 #: The actions a table's state needs, and those its files need.
 STATE_ACTIONS = ("metaData", "protocol", "txn")
 FILE_ACTIONS = ("add",)
+FILE_ACTION_NAMES = frozenset({"add", "remove"})
 
 
 def complete_checkpoints(paths: Sequence[str]) -> list[list[str]]:
@@ -65,21 +68,25 @@ def complete_checkpoints(paths: Sequence[str]) -> list[list[str]]:
 
 def read_actions(
     fs: pafs.FileSystem, log_dir: str, files: Sequence[str], wanted: Iterable[str]
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(action name, action) for each action of the checkpoint `files` named in `wanted`.
+) -> dict[str, list[Any]]:
+    """The actions named in `wanted` of the checkpoint `files`: name -> actions, as
+    `FileAction` objects for "add" and "remove", as dicts for the others.
 
     Sidecars of a V2 checkpoint are followed when a file action ("add", "remove") is
     wanted. Raises OSError or a pyarrow error when a file is missing or unreadable.
     """
     wanted = tuple(wanted)
-    follow = any(w in ("add", "remove") for w in wanted)
+    follow = any(w in FILE_ACTION_NAMES for w in wanted)
     columns = (*wanted, "sidecar") if follow else wanted
+    out: dict[str, list[Any]] = {name: [] for name in wanted}
     for path in files:
-        for name, action in _actions_of(fs, path, columns):
-            if name == "sidecar":
-                yield from _actions_of(fs, _sidecar_path(log_dir, str(action["path"])), wanted)
-            else:
-                yield name, action
+        found = _actions_of(fs, path, columns)
+        for sidecar in found.pop("sidecar", []):
+            for name, items in _actions_of(fs, _sidecar_path(log_dir, str(sidecar["path"])), wanted).items():
+                out[name] += items
+        for name, items in found.items():
+            out[name] += items
+    return out
 
 
 def _sidecar_path(log_dir: str, path: str) -> str:
@@ -93,7 +100,8 @@ def _sidecar_path(log_dir: str, path: str) -> str:
     return f"{log_dir}/_sidecars/{unquote(path)}"
 
 
-def _actions_of(fs: pafs.FileSystem, path: str, columns: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _actions_of(fs: pafs.FileSystem, path: str, columns: Sequence[str]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {name: [] for name in columns}
     if path.endswith(".json"):
         with fs.open_input_stream(path) as stream:
             text = stream.read().decode("utf-8")
@@ -103,16 +111,18 @@ def _actions_of(fs: pafs.FileSystem, path: str, columns: Sequence[str]) -> Itera
             action = json.loads(line)
             for name in columns:
                 if action.get(name) is not None:
-                    yield name, action[name]
-        return
+                    raw = action[name]
+                    found[name].append(file_action(raw) if name in FILE_ACTION_NAMES else raw)
+        return found
     with fs.open_input_file(path) as handle:
         parquet = pq.ParquetFile(handle)
         present = [c for c in columns if c in parquet.schema_arrow.names]
         if not present:
-            return
+            return found
         table = parquet.read(columns=present)
     for name in present:
         column = table.column(name)
         # One action per row, the other action columns null: keep this column's rows.
-        for value in column.filter(pc.is_valid(column)).to_pylist():
-            yield name, value
+        valid = column.filter(pc.is_valid(column))
+        found[name] = file_actions(valid) if name in FILE_ACTION_NAMES else valid.to_pylist()
+    return found
