@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from spark_scoring import tableref
 from spark_scoring.errors import ConcurrentRunError, LakehouseError, TableNotFoundError
 from spark_scoring.lakehouse import _partitions as parts
 from spark_scoring.lakehouse.deltalog import Changes, DeltaLog, FileAction, HistoryEntry
+from spark_scoring.tableref import is_catalog_name
 
 log = logging.getLogger("spark_scoring.lakehouse")
 
@@ -81,20 +81,6 @@ def commit_info(entry: HistoryEntry) -> CommitInfo:
 PartitionValues = Mapping[str, "str | None"]
 WriteMode = Literal["append", "overwrite", "replace_partitions", "upsert"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite", "replace_partitions", "upsert")
-
-_CATALOG_NAME_RE = re.compile(r"^`?[A-Za-z_][\w-]*`?(\.`?[A-Za-z_][\w-]*`?){1,2}$")
-
-
-def is_catalog_name(table: str) -> bool:
-    """True when `table` reads as a catalog name (`db.table`, `catalog.db.table`), not a path.
-
-    Anything with a slash, a URI scheme, or that exists on the local disk is a path; so is a
-    bare word (a relative directory).
-    """
-    if "/" in table or "\\" in table or "://" in table or os.path.exists(table):
-        return False
-    return bool(_CATALOG_NAME_RE.match(table))
-
 
 @dataclass(frozen=True)
 class FileEntry:

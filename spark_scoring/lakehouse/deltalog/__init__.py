@@ -59,12 +59,11 @@ from spark_scoring.lakehouse.deltalog.actions import (
     HistoryEntry,
     Protocol,
     TableMetadata,
-    commit_timestamp,
     dv_id,
     history_entry,
     parse_commit,
-    parse_non_file_actions,
     protocol,
+    skip_file_actions,
     table_metadata,
 )
 from spark_scoring.lakehouse.deltalog.checkpoints import (
@@ -430,26 +429,14 @@ class DeltaLog:
                     f"version {version} of {self.table!r} can no longer be rebuilt from its log: {exc}"
                     f"{'; ' + '; '.join(problems) if problems else ''}"
                 ) from exc
-            if with_files:
-                commit = parse_commit(v, lines, mtimes.get(v))
-                for action in commit.removes:
-                    files.pop(action.key, None)
-                for action in commit.adds:
-                    files[action.key] = action
-                txns.update(commit.txns)
-                metadata, proto, timestamp = commit.metadata or metadata, commit.protocol or proto, commit.timestamp
-                continue
-            info: dict[str, Any] = {}
-            for raw in parse_non_file_actions(lines):
-                if "txn" in raw:
-                    txns[str(raw["txn"]["appId"])] = int(raw["txn"]["version"])
-                elif "metaData" in raw:
-                    metadata = table_metadata(raw["metaData"])
-                elif "protocol" in raw:
-                    proto = protocol(raw["protocol"])
-                elif "commitInfo" in raw:
-                    info = raw["commitInfo"] or {}
-            timestamp = commit_timestamp(info, mtimes.get(v))
+            # Without files, the (many) add/remove lines are skipped unparsed.
+            commit = parse_commit(v, lines if with_files else skip_file_actions(lines), mtimes.get(v))
+            for action in commit.removes:
+                files.pop(action.key, None)
+            for action in commit.adds:
+                files[action.key] = action
+            txns.update(commit.txns)
+            metadata, proto, timestamp = commit.metadata or metadata, commit.protocol or proto, commit.timestamp
         if metadata is None or proto is None:
             raise MissingLogError(f"the Delta log of {self.table!r} has no metadata or protocol up to version {version}")
         if timestamp is None and version in self._list().commits:  # the state is the checkpoint's

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -370,20 +370,20 @@ def parse_commit(version: int, lines: Iterable[str], mtime: int | None = None) -
     )
 
 
-def parse_non_file_actions(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
-    """The actions of a commit file other than add/remove/cdc (commitInfo, txn, metaData, ...)."""
+def skip_file_actions(lines: Iterable[str]) -> Iterator[str]:
+    """The lines of a commit file that are not add/remove/cdc actions (commitInfo, txn,
+    metaData, protocol, ...), without parsing the others."""
     for line in lines:
         line = line.strip()
         if line and not _is_file_action_line(line):
-            action = json.loads(line)
-            if not ("add" in action or "remove" in action or "cdc" in action):
-                yield action
+            yield line
 
 
 def history_entry(version: int, lines: Iterable[str], mtime: int | None = None) -> HistoryEntry:
     """The `HistoryEntry` of a commit file (its add/remove lines are never parsed)."""
     info: dict[str, Any] = {}
-    for action in parse_non_file_actions(lines):
+    for line in skip_file_actions(lines):
+        action = json.loads(line)
         if "commitInfo" in action:
             info = action["commitInfo"] or {}
             break
