@@ -196,6 +196,8 @@ def _add_to_driver_classpath(jars) -> None:
 
 def _quiet_jvm_logs(spark: SparkSession) -> None:
     """No Spark/JVM log spam on the console unless logging is verbose."""
+    if is_connect(spark):  # spark.api.mode=connect: the server's JVM got the quiet log4j file
+        return
     if not logging.getLogger("spark_scoring").isEnabledFor(logging.DEBUG):
         spark.sparkContext.setLogLevel("ERROR")
 
@@ -324,8 +326,10 @@ def _local_server(remote: str, config: SparkConfig, app_name: str, *, engine: st
         warnings.filterwarnings("ignore", message="Failed to set ")
         spark = builder.getOrCreate()
     for key, value in given.items():
-        if key not in ("spark.remote", "spark.master") and _conf(spark, key) != value:
-            log.warning("the local Spark Connect server did not take %s=%s (it has %s)", key, value, _conf(spark, key))
+        got = _conf(spark, key)
+        # (pyspark adds JVM options of its own around ours: containment is enough)
+        if key not in ("spark.remote", "spark.master") and (got is None or value not in got):
+            log.warning("the local Spark Connect server did not take %s=%s (it has %s)", key, value, got)
     return spark
 
 

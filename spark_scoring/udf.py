@@ -63,8 +63,6 @@ log = logging.getLogger(__name__)
 ERROR_COLUMN = "error"
 #: The counters column of `score(..., stats=True)`: array<long> in `_STAT_FIELDS` order.
 STATS_COLUMN = "_spark_scoring_stats"
-#: Counted per Arrow batch on the executors (rows and failures are counted from the rows).
-_STAT_FIELDS = ("batches", "real_tokens", "padded_tokens", "oom_backoffs", "model_loads")
 
 
 @dataclass(frozen=True)
@@ -238,37 +236,33 @@ def output_fields(spec: ModelSpec) -> list[StructField]:
     return get_task(spec.task).output_fields(spec.model_dir, spec.options)
 
 
-@dataclass(frozen=True)
-class ScoringStats:
+@dataclass
+class ScoringStats(batching.BatchStats):
     """The counters of one scoring action (`collect_stats`), summed over every task.
 
     Attributes:
         rows: rows scored; rows_failed: rows with an `error`.
         batches: model calls; real_tokens / padded_tokens: tokens of those batches without
-            and with padding (0 for tasks that count no tokens, e.g. pyfunc).
+            and with padding (0 for tasks that count no tokens, e.g. pyfunc), whose ratio
+            is `padding_efficiency`.
         oom_backoffs: CUDA out-of-memory errors that made a batch split.
         model_loads: models loaded by the Python workers (0 where every worker had it cached).
     """
 
-    rows: int = 0
-    rows_failed: int = 0
-    batches: int = 0
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    oom_backoffs: int = 0
     model_loads: int = 0
 
-    @property
-    def padding_efficiency(self) -> float | None:
-        """real_tokens / padded_tokens; None when no tokens were counted."""
-        return self.real_tokens / self.padded_tokens if self.padded_tokens else None
-
     def __add__(self, other: ScoringStats) -> ScoringStats:
-        return ScoringStats(**{f: getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__})
+        total = dataclasses.replace(self)
+        total.add(other)
+        return total
 
     def as_dict(self) -> dict[str, Any]:
         """Every counter, plus padding_efficiency."""
         return {**dataclasses.asdict(self), "padding_efficiency": self.padding_efficiency}
+
+
+#: Counted per Arrow batch on the executors (rows and failures are counted from the rows).
+_STAT_FIELDS = tuple(name for name in ScoringStats.__dataclass_fields__ if name not in ("rows", "rows_failed"))
 
 
 def score(df: DataFrame, spec: ModelSpec, *, stats: bool = False) -> DataFrame:

@@ -263,11 +263,12 @@ def test_cli_nights_over_a_local_connect_server_with_the_readme_config(tmp_path,
     # night 1: every row
     _write(src, _rows(range(0, 30), "2024-05-01"))
     _write(src, _rows(range(30, 60), "2024-05-02"))
-    first = _cli("run", str(config), cwd=tmp_path, env=env)
+    first = _cli("-v", "run", str(config), cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     log = first.stderr
     assert "Spark Connect session to a local Spark Connect server (local[2])" in log
     assert f"spark.master {raw['spark']['master']} is ignored: the job runs over Spark Connect (local[2])" in log
+    assert "did not take" not in log  # every setting reached the server
     out = read_output(out_dir)
     source = DeltaTable(str(src)).to_pandas().sort_values("id").reset_index(drop=True)
     assert out["id"].tolist() == list(range(60)) and out["error"].isna().all()
