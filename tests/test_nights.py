@@ -26,6 +26,7 @@ from tests.pipeline_helpers import (
     read_output,
     source_rows,
 )
+from tests.tiny_models import build_bert_mean, build_bert_st
 
 UNPARTITIONED = pa.schema([("id", pa.int64()), ("lang", pa.string()), ("text", pa.string())])
 PARTITIONED = pa.schema([("id", pa.int64()), ("day", pa.string()), ("lang", pa.string()), ("text", pa.string())])
@@ -77,9 +78,17 @@ def _removed(table: Path) -> tuple[int, int]:
     return len(removes), sum(int(r.get("size") or 0) for r in removes)
 
 
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> tuple[str, str]:
+    """The tiny BERT encoder (mean pooling) and a sentence-transformers model built on it."""
+    root = tmp_path_factory.mktemp("bert")
+    mean = build_bert_mean(root / "mean")
+    return mean, build_bert_st(root / "st", mean)
+
+
 @pytest.fixture(params=["unpartitioned", "partitioned"])
-def lake(request, tmp_path, tiny_models) -> Lake:
-    lake = Lake(tmp_path, tiny_models.bert_mean, request.param == "partitioned")
+def lake(request, tmp_path, bert) -> Lake:
+    lake = Lake(tmp_path, bert[0], request.param == "partitioned")
     for start in range(0, 60, 20):  # three files of 20 rows each, ids in blocks
         lake.append(range(start + 1, start + 21), day=f"d{start // 20}")
     return lake
@@ -219,9 +228,9 @@ def test_changing_the_input_column_is_a_new_model_identity(spark, lake):
     assert again.status == "published" and again.rows_scored == 60 and "model changed" in again.plan
 
 
-def test_new_rows_only_then_rescore_with_the_same_model_rescores_the_old_rows(spark, lake, tiny_models):
+def test_new_rows_only_then_rescore_with_the_same_model_rescores_the_old_rows(spark, lake, bert):
     lake.run(spark=spark)
-    other = dict(uri=tiny_models.bert_st, task="embedding", input="text", on_change="new-rows-only")
+    other = dict(uri=bert[1], task="embedding", input="text", on_change="new-rows-only")
     lake.append([95], day="d1")
     mixed = pipeline.run(lake.cfg(model=other), spark=spark)
     assert mixed.rows_scored == 1
