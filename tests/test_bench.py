@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import data, report
+from bench import cold, cold_peers, data, nightly_io, report
+from bench import run as bench_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,145 @@ def test_targets_pass_and_miss_with_margins():
     growth["runs"].insert(1, {"label": "1 row new", "wall_s": 6.0})
     both = [t for t in report.targets({"growth": growth}) if t["target"].startswith("1%-new")]
     assert [(t["ok"], t["margin"]) for t in both] == [(False, "-0.5 s"), (True, "+1.5 s")]
+
+
+def test_cold_fit_gives_slope_and_intercept_or_says_why_not():
+    line = cold.fit([(2000, 43.7), (8000, 78.9)])
+    assert line["slope_rows_per_s"] == pytest.approx(6000 / 35.2, abs=0.01)  # 170.45 rows/s
+    assert line["intercept_s"] == pytest.approx(43.7 - 2000 / (6000 / 35.2), abs=0.01)  # 31.97 s
+    noisy = cold.fit([(2000, 50.0), (8000, 49.0)])
+    assert noisy["slope_rows_per_s"] is None and "8,000 rows took 49.0 s" in noisy["note"]
+
+
+def _cold_section(noop: float, night: float, ours: tuple[float, float], plain: tuple[float, float]) -> dict:
+    section = {
+        "sizes": [2000, 8000], "repeats": 1, "configs": {}, "skipped": {"MLflow spark_udf": "no Delta jars"},
+        "noop": {"wall_s": noop, "status": "nothing-to-do", "phases_s": {"plan": 0.5}},
+        "one_row_night": {"wall_s": night, "status": "published", "phases_s": {}},
+        "runs": {name: {str(n): [{"wall_s": t, "peak_rss_mb": 900.0, "phases_s": {"encode": 1.0}}]
+                        for n, t in zip((2000, 8000), walls, strict=True)}
+                 for name, walls in (("spark-scoring", ours), ("plain script", plain))},
+    }
+    section["fits"] = cold.fits(section)
+    return section
+
+
+def test_cold_targets_pass_and_miss_with_margins():
+    # The outside figures: no-op 12.5 s, one-row night 38.8 s, slope 170 vs 178 rows/s.
+    got = {t["target"]: t for t in cold.targets(_cold_section(12.5, 38.8, (43.7, 78.9), (20.0, 53.7)))}
+    assert [(t["ok"], t["margin"]) for t in got.values()] == [
+        (False, "-2.5 s"), (False, "-21.3 s"), (False, "0.96x (need 1x)")]
+    good = cold.targets(_cold_section(6.0, 10.0, (20.0, 50.0), (20.0, 53.7)))
+    assert [(t["ok"], t["margin"]) for t in good] == [(True, "+4.0 s"), (True, "+1.0 s"), (True, "1.12x (need 1x)")]
+    md = "\n".join(cold.markdown(_cold_section(6.0, 10.0, (20.0, 50.0), (20.0, 53.7)),
+                                 {"spark-scoring nightly run": 230.0}))
+    assert "| spark-scoring | 20.0 | 50.0 | 200.0 | 1.12 | 10.0 | 230.0 |" in md
+    assert "| MLflow spark_udf | - | - | - | - | - | - | - | not run: no Delta jars |" in md
+
+
+def test_cold_peer_scripts_refuse_missing_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cold_peers.main(["predict_batch_udf", "--source", "s", "--output", "o", "--model", "m"])
+    assert exc.value.code == 2 and "pass --jars" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cold_peers.main(["spark_udf", "--source", "s", "--output", "o", "--model", "m", "--jars", "a.jar"])
+    assert "needs --model-uri and --tracking-uri" in capsys.readouterr().err
+
+
+def test_log_delta_counts_rewrites_from_the_log(tmp_path):
+    from deltalake import DeltaTable
+
+    table = tmp_path / "t"
+    per_file = nightly_io.build_source(table, 1000, files=5)
+    assert per_file == 200 and DeltaTable(str(table)).version() == 4
+    import pyarrow as pa
+
+    adds = pa.table(DeltaTable(str(table)).get_add_actions(flatten=True))
+    sizes = dict(zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist(), strict=True))
+    nightly_io.append(table, 1000, 10)
+    added = nightly_io.log_delta(table, 4, 5)
+    assert (added.files_added, added.files_removed, added.bytes_removed, added.commits) == (1, 0, 0, 1)
+    assert added.bytes_before == sum(sizes.values()) and added.files_before == 5
+    # A key range inside file 2 (ids 400..599): delta-rs rewrites that one file only.
+    assert nightly_io.update(table, "id >= 450 AND id < 460") == 10
+    changed = nightly_io.log_delta(table, 5, 6)
+    assert changed.files_removed == 1 and changed.files_added == 1 and changed.operations == ["UPDATE"]
+    assert changed.bytes_removed in sizes.values()
+    assert changed.rewritten_share == pytest.approx(changed.bytes_removed / changed.bytes_before)
+    rows = DeltaTable(str(table)).to_pyarrow_dataset().to_table().to_pylist()
+    assert len(rows) == 1010 and sum(r["text"].endswith(" (edited)") for r in rows) == 10
+
+
+def test_log_delta_counts_a_deletion_vector_as_no_rewrite(tmp_path):
+    import json
+
+    table = tmp_path / "t"
+    nightly_io.build_source(table, 500, files=5)
+    path, size = next(iter(nightly_io.active_files(table, 4).items()))
+    # What a merge-on-read MERGE commits (Delta protocol): the old file state removed, the
+    # same path added with a deletion vector, and a new file with the new rows.
+    dv = {"storageType": "u", "pathOrInlineDv": "ab^-aqEH.-t@S}K{vb[*k^", "offset": 1, "sizeInBytes": 36,
+          "cardinality": 2}
+    actions = [{"commitInfo": {"operation": "MERGE"}},
+               {"remove": {"path": path, "size": size, "dataChange": True, "deletionTimestamp": 1}},
+               {"add": {"path": path, "size": size, "partitionValues": {}, "modificationTime": 1,
+                        "dataChange": True, "deletionVector": dv}},
+               {"add": {"path": "new.parquet", "size": 123, "partitionValues": {}, "modificationTime": 1,
+                        "dataChange": True}}]
+    (table / "_delta_log" / f"{5:020d}.json").write_text("\n".join(json.dumps(a) for a in actions) + "\n")
+    got = nightly_io.log_delta(table, 4, 5)
+    assert (got.dv_updates, got.files_removed, got.bytes_removed, got.files_added, got.bytes_added) == (1, 0, 0, 1, 123)
+
+
+def _night(label: str, wall: float, rewritten: int = 0, removed: int = 0, share: float = 0.0,
+           src_share: float = 0.0) -> dict:
+    return {"label": label, "wall_s": wall, "status": "published", "mode": "append", "plan": "p", "rows_scored": 1,
+            "output": {"files_added": 1, "files_removed": removed, "dv_updates": 0, "bytes_added": 10,
+                       "bytes_rewritten": rewritten, "rewritten_share": share},
+            "source": {"changed_share": src_share}}
+
+
+def test_nightly_io_targets_pass_and_miss_with_margins():
+    section = {"rows": 1000, "source_files": 40, "rows_per_source_file": 25, "model": "m", "texts": "t",
+               "strategies": [{"label": "JVM, merge-on-read (DVs on)", "available": False, "why": "not there"}],
+               "nights": [_night("full run", 100.0), _night("1 row append", 6.0), _night("0.1% append", 6.5),
+                          _night("1% append", 11.5, rewritten=2048, removed=1),
+                          _night("1% update, confined", 9.0, rewritten=50, removed=1, share=0.5, src_share=0.05)]}
+    got = [(t["target"].split(" night")[0], t["ok"], t["margin"]) for t in nightly_io.targets(section)]
+    assert got == [
+        ("1 row append", True, "+0 B"), ("0.1% append", True, "+0 B"), ("1% append", False, "-2,048 B"),
+        ("confined 1% update rewrites <= 2x the share of source bytes changed", False, "-40.0 points"),
+        ("1% append", False, "-0.5 s"),  # limit 5% x 100 s + 6 s = 11 s
+    ]
+    md = "\n".join(nightly_io.markdown(section))
+    assert "| 1% append | published (append) | 11.50 | 1 | +1 / -1 | 0 | 0.0 (0.0%) |" in md
+    assert "| JVM, merge-on-read (DVs on) | not available: not there |" in md
+
+
+def test_run_parses_parts_and_quick_sizes():
+    args = bench_run._parse(["--quick", "--skip-peers", "--skip-engines"])
+    assert (args.skip_peers, args.skip_cold, args.skip_io, args.skip_engines) == (True, False, False, True)
+    assert (args.cold_sizes, args.io_rows, args.planning_partitions, args.rows) == ([60, 180], 40_000, 300, 300)
+    full = bench_run._parse([])
+    assert (full.cold_sizes, full.io_rows, full.planning_partitions) == ([2000, 8000], 1_000_000, 10_000)
+    with pytest.raises(SystemExit):
+        bench_run._parse(["--cold-sizes", "100", "100"])
+
+
+def test_report_renders_every_part_and_its_failures():
+    out = {"started": "2026-12-02T01:00:00", "command": "python -m bench.run --quick", "quick": True,
+           "failed_parts": ["engines"], "machine": {
+               "hostname": "box", "cores_logical": 2, "cores_used": 2, "memory_gib": 24.0, "cpu_model": "cpu",
+               "gpu": None, "python": "3.11", "load_avg_at_start": [0.5], "versions": {}},
+           "cold": {**_cold_section(6.0, 10.0, (20.0, 50.0), (20.0, 53.7)), "command": "python -m bench.cold"},
+           "planning": {"command": "python -m bench.planning --partitions 300", "part_s": 12.0, "files": 3000,
+                        "files_seconds": 0.25},
+           "engines": {"error": "SystemExit: no jars", "command": "python -m bench.engines"}}
+    md = report.markdown({**out, "targets": report.targets(out)})
+    assert "**FAILED parts: engines**" in md and "**FAILED: SystemExit: no jars**" in md
+    assert "Alone: `python -m bench.planning --partitions 300` (this part took 12.0 s)" in md
+    assert "| files | 3,000 |" in md and "| files_seconds | 0.250 |" in md
+    assert "| cold no-op run <= 10 s | 6.0 s | PASS | +4.0 s |" in md
 
 
 @pytest.mark.bench
