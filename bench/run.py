@@ -107,11 +107,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _prepare_env(model_dir: str) -> None:
     # Before the JVM starts: the Python workers inherit this environment. `bench` must be
     # importable on them (the naive UDF is a module-level function of bench.peers).
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from bench.common import offline_env
+
+    offline_env()
     path = os.environ.get("PYTHONPATH", "")
     if str(REPO) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), path) if p)
@@ -143,17 +141,10 @@ def _spark(cores: int) -> Any:
 
 
 def _job_config(work: Path, name: str, source: Path, model_dir: str, overrides: Sequence[str] = ()) -> Any:
+    from bench.common import review_job
     from spark_scoring.config import config_from_dict
 
-    raw = {
-        "name": name,
-        "source": {"table": str(source), "key": "id", "partition_by": ["day"], "passthrough": ["lang"]},
-        "model": {"uri": model_dir, "task": "embedding", "input": "text"},
-        "output": {"table": str(work / f"{name}_out")},
-        "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "bench"},
-        "run": {"progress": False},
-    }
-    return config_from_dict(raw, overrides=list(overrides))
+    return config_from_dict(review_job(work, name, source, model_dir, "bench"), overrides=list(overrides))
 
 
 # --------------------------------------------------------------------------------------
@@ -432,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             part_start = time.perf_counter()
             try:
                 parts[name](section)
-            except Exception as exc:  # noqa: BLE001 - one broken part must not cost the others' figures
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - one broken part must not cost the others'
+                # figures (SystemExit too: a part's own main() may exit, e.g. bench.engines without jars)
                 import traceback
 
                 failed.append(name)
@@ -447,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         out["incomplete"] = f"the run stopped early ({type(exc).__name__}: {exc}); figures so far only"
         save()
+        if isinstance(exc, _Terminated):
+            raise SystemExit(exc.code) from None
         raise
     finally:
         _stop_spark()
@@ -458,8 +452,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: stop every part (not caught as one part's failure)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.code = 128 + signum
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated(signum)
 
 
 if __name__ == "__main__":

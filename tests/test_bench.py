@@ -126,7 +126,7 @@ def test_log_delta_counts_a_deletion_vector_as_no_rewrite(tmp_path):
     # same path added with a deletion vector, and a new file with the new rows.
     dv = {"storageType": "u", "pathOrInlineDv": "ab^-aqEH.-t@S}K{vb[*k^", "offset": 1, "sizeInBytes": 36,
           "cardinality": 2}
-    actions = [{"commitInfo": {"operation": "MERGE"}},
+    actions = [{"commitInfo": {"operation": "MERGE", "userMetadata": json.dumps({"spark_scoring.plan": "upsert"})}},
                {"remove": {"path": path, "size": size, "dataChange": True, "deletionTimestamp": 1}},
                {"add": {"path": path, "size": size, "partitionValues": {}, "modificationTime": 1,
                         "dataChange": True, "deletionVector": dv}},
@@ -135,13 +135,14 @@ def test_log_delta_counts_a_deletion_vector_as_no_rewrite(tmp_path):
     (table / "_delta_log" / f"{5:020d}.json").write_text("\n".join(json.dumps(a) for a in actions) + "\n")
     got = nightly_io.log_delta(table, 4, 5)
     assert (got.dv_updates, got.files_removed, got.bytes_removed, got.files_added, got.bytes_added) == (1, 0, 0, 1, 123)
+    assert got.plans == ["upsert"]
 
 
 def _night(label: str, wall: float, rewritten: int = 0, removed: int = 0, share: float = 0.0,
            src_share: float = 0.0) -> dict:
     return {"label": label, "wall_s": wall, "status": "published", "mode": "append", "plan": "p", "rows_scored": 1,
             "output": {"files_added": 1, "files_removed": removed, "dv_updates": 0, "bytes_added": 10,
-                       "bytes_rewritten": rewritten, "rewritten_share": share},
+                       "bytes_rewritten": rewritten, "rewritten_share": share, "plans": ["append"]},
             "source": {"changed_share": src_share}}
 
 
@@ -193,9 +194,10 @@ def test_bench_harness_smoke(tmp_path):
     out = tmp_path / "results"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--rows", "24", "--naive-sample", "6", "--growth-rows", "400",
-         "--growth-days", "4", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+        [sys.executable, "-m", "bench.run", "--quick", "--rows", "24", "--naive-sample", "6", "--growth-rows", "400",
+         "--growth-days", "4", "--cold-sizes", "8", "24", "--io-rows", "4000", "--planning-partitions", "10",
+         "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     jsons, mds = sorted(out.glob("*.json")), sorted(out.glob("*.md"))
@@ -235,8 +237,26 @@ def test_bench_harness_smoke(tmp_path):
     assert runs["100% (full refresh)"]["rows_scored"] == 400  # source rewritten with fresh texts
     assert {t["target"].split(" ")[0] for t in res["targets"]} >= {"our", "0%-new", "1%-new"}
 
+    cold_runs = res["cold"]["runs"]
+    assert set(cold_runs["spark-scoring"]) == set(cold_runs["plain script"]) == {"8", "24"}
+    assert cold_runs["spark-scoring"]["24"][0]["rows_scored"] == 24
+    assert cold_runs["plain script"]["24"][0]["rows"] == 24
+    assert res["cold"]["noop"]["status"] == "nothing-to-do"
+    assert res["cold"]["one_row_night"]["rows_scored"] == 1
+    nights = {n["label"]: n for n in res["io"]["nights"]}
+    assert nights["full run"]["rows_scored"] == 4000 and nights["no-op"]["status"] == "nothing-to-do"
+    assert [nights[k]["rows_scored"] for k in ("1 row append", "0.1% append", "1% append", "10% append")] == [
+        1, 4, 40, 400]
+    assert nights["1% update, confined"]["rows_scored"] == 40
+    assert nights["1% update, scattered"]["rows_scored"] == 45  # id % 100 = 7 of ids 0..4444
+    assert len(res["io"]["strategies"]) == 3
+    assert res["planning"]["files"] == 100
+    assert set(res["engines"]["warm"]) == {"delta-rs", "delta-spark"}
+    assert {t["target"].split(" ")[0] for t in res["targets"]} >= {"cold", "1%", "confined"}
+
     md = mds[0].read_text()
-    for section in ("## Throughput", "## GPU", "## Cost growth", "## Targets", "## How this was measured"):
+    for section in ("## Throughput", "## GPU", "## Cost growth", "## Cold runs", "## Nightly IO",
+                    "## Planning at scale", "## Engines side by side", "## Targets", "## How this was measured"):
         assert section in md
     assert "extrapolated" in md and ("PASS" in md or "MISS" in md)
     if not res["throughput"]["gpu"]["available"]:
