@@ -21,11 +21,8 @@ LAYOUTS = {"partitioned": ["day"], "unpartitioned": []}
 
 @pytest.fixture(name="lake", params=["delta-rs", "delta-spark"])
 def _lake(request, spark):
-    if request.param == "delta-spark":
-        if not delta_jars_available(spark):
-            pytest.skip("Delta JVM jars are not on the classpath")
-        # The JVM half is helper jvm's (Delta MERGE); until it lands, a failure there is expected.
-        request.node.add_marker(pytest.mark.xfail(strict=False, reason="delta-spark upsert: pending (helper jvm)"))
+    if request.param == "delta-spark" and not delta_jars_available(spark):
+        pytest.skip("Delta JVM jars are not on the classpath")
     return open_lakehouse(spark, request.param)
 
 

@@ -330,32 +330,39 @@ _MANY_PARTITIONS = textwrap.dedent(
     os.environ["PYSPARK_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-             .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+             .config("spark.sql.execution.arrow.maxRecordsPerBatch", "500").getOrCreate())
     from spark_scoring.lakehouse.delta_rs import DeltaRsLakehouse
 
-    # 1,500 partitions, rows in random order, in two tasks.
-    df = spark.range(0, 4500).selectExpr("id", "cast(id % 1500 as int) as p").orderBy("id").repartition(2)
-    result = DeltaRsLakehouse(spark).write(df, sys.argv[1], mode="append", partition_by=["p"])
-    print("FILES", result.files_added, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    # 1,500 partitions in two tasks of 2,250 rows (five Arrow batches each): sorted by
+    # partition within each task (as the pipeline writes), and in random order.
+    rows = spark.range(0, 4500).selectExpr("id", "cast(id % 1500 as int) as p").repartition(2)
+    lake = DeltaRsLakehouse(spark)
+    lake.write(rows.sortWithinPartitions("p"), sys.argv[1], mode="append", partition_by=["p"])
+    lake.write(rows, sys.argv[2], mode="append", partition_by=["p"])
+    print("LIMIT", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     """
 )
 
 
-def test_1500_output_partitions_under_the_default_open_file_limit(table):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, table], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    files, limit = proc.stdout.split("FILES", 1)[1].split()
-    assert limit == "1024"
-    data = deltalake.DeltaTable(table)
-    per_partition: dict[str, int] = {}
-    for path in data.file_uris():
+def _files_per_partition(table: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in deltalake.DeltaTable(table).file_uris():
         part = path.rsplit("/", 2)[-2]
-        per_partition[part] = per_partition.get(part, 0) + 1
-    assert len(per_partition) == 1500 and max(per_partition.values()) <= 2  # one file per partition and task
-    assert int(files) == sum(per_partition.values())
-    assert sorted(data.to_pyarrow_table().column("id").to_pylist()) == list(range(4500))
+        counts[part] = counts.get(part, 0) + 1
+    return counts
+
+
+def test_1500_output_partitions_under_the_default_open_file_limit(tmp_path):
+    sorted_, unsorted = str(tmp_path / "sorted"), str(tmp_path / "unsorted")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", _MANY_PARTITIONS, sorted_, unsorted], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("LIMIT", 1)[1].split() == ["1024"]
+    for table, most in ((sorted_, 2), (unsorted, 10)):  # per task: one file, or one per batch
+        per_partition = _files_per_partition(table)
+        assert len(per_partition) == 1500 and max(per_partition.values()) <= most, table
+        assert sorted(deltalake.DeltaTable(table).to_pyarrow_table().column("id").to_pylist()) == list(range(4500))
 
 
 # --------------------------------------------------------------------------- upsert specifics

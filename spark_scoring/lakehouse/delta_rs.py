@@ -219,12 +219,9 @@ class DeltaRsLakehouse(Lakehouse):
         table = request.table
         path = self.location(table)
         write_parts = list(request.partition_columns)
-        order = [*write_parts, *([request.key] if request.key and write_parts else [])]
-        if order:
-            # Rows of one partition together in each task: a task then keeps one file open at
-            # a time (Spark's own file writer sorts the same way); a sort already there is
-            # not repeated (Spark drops a sort its input already satisfies).
-            rows = rows.sortWithinPartitions(*[F.col(parts.quote_identifier(c)) for c in order])
+        # No sort here: Spark's optimizer would drop the caller's own (partition, key) sort
+        # under ours. Tasks keep at most MAX_OPEN_FILES files open whatever the order; rows
+        # sorted by partition (the pipeline sorts them) get one file per partition and task.
         write_id = uuid.uuid4().hex
         options = {
             "path": path,

@@ -199,9 +199,10 @@ class DeltaRsWriter(DataSourceArrowWriter):
 
     A task keeps at most `max_open_files` Parquet files open: when it needs one more, it
     closes the one it wrote to least recently (that partition gets another file if more of
-    its rows come). Rows sorted by partition (the backend sorts them) thus get one file per
-    partition and task, and a write of any number of partitions stays far below the
-    process's open-file limit.
+    its rows come). Rows sorted by partition (as Spark's own file writer sorts them, and as
+    the pipeline does) thus get one file per partition and task, unsorted rows at most one
+    per partition and Arrow batch, and a write of any number of partitions stays far below
+    the process's open-file limit.
     """
 
     def __init__(self, options: Mapping[str, str], schema: StructType):
