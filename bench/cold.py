@@ -160,7 +160,7 @@ def run(work: Path, model_dir: str, *, sizes: Sequence[int] = SIZES, cores: int 
     found = find_delta_jars()
     jars = ",".join(str(j) for j in found) if found else ""
     spark_peers = [p for p in peers if p == "plain" or jars]
-    skipped = {PEER_NAMES[p]: "no Delta jars (run `make install`)" for p in peers if p not in spark_peers}
+    skipped = {PEER_NAMES[p]: "not run: no Delta jars (run `make install`)" for p in peers if p not in spark_peers}
     sizes = sorted(sizes)
     texts = data.review_texts(sizes[-1] + 1, seed=16)
     sources = {}
@@ -277,21 +277,25 @@ def markdown(section: dict[str, Any], warm_rows_per_s: dict[str, float] | None =
         f"{section['repeats']}), measured from outside; slope = marginal rows/s between the sizes, "
         "intercept = fixed seconds; warm = the throughput part's in-process marginal rows/s.",
         "",
-        f"| who | {' | '.join(f'{n:,} rows s' for n in sizes)} | slope rows/s | x plain slope | intercept s | "
-        "warm rows/s | peak RSS MiB | set-up |",
-        f"| --- | {' | '.join('---:' for _ in sizes)} | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| who | {' | '.join(f'{n:,} rows s' for n in sizes)} | x plain s ({sizes[-1]:,}) | slope rows/s | "
+        "x plain slope | intercept s | warm rows/s | peak RSS MiB | set-up |",
+        f"| --- | {' | '.join('---:' for _ in sizes)} | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    medians = {name: {n: statistics.median(r["wall_s"] for r in by_size[str(n)]) if by_size.get(str(n)) else None
+                      for n in sizes} for name, by_size in section["runs"].items()}
+    plain_big = (medians.get(PEER_NAMES["plain"]) or {}).get(sizes[-1])
     for name, by_size in section["runs"].items():
         f = fitted.get(name, {})
-        walls = [f.get("wall_s", {}).get(str(n)) for n in sizes]
+        walls = [medians[name][n] for n in sizes]
         slope = f.get("slope_rows_per_s")
         ratio = f"{slope / plain:.2f}" if slope and plain else "-"
+        wall_ratio = f"{walls[-1] / plain_big:.2f}" if walls[-1] and plain_big else "-"
         rss = max((r["peak_rss_mb"] for rs in by_size.values() for r in rs), default=None)
-        lines.append(f"| {name} | {' | '.join(_num(w) for w in walls)} | {_num(slope)} | {ratio} | "
+        lines.append(f"| {name} | {' | '.join(_num(w) for w in walls)} | {wall_ratio} | {_num(slope)} | {ratio} | "
                      f"{_num(f.get('intercept_s'))} | {_num(warm_of.get(name))} | {_num(rss)} | "
                      f"{section['configs'].get(name, '')} |")
     for name, why in section.get("skipped", {}).items():
-        lines.append(f"| {name} | {' | '.join('-' for _ in sizes)} | - | - | - | - | - | not run: {why} |")
+        lines.append(f"| {name} | {' | '.join('-' for _ in sizes)} | - | - | - | - | - | - | {why} |")
     lines.append("")
     for label, key in (("first run (tiny table, fresh store)", "first_run"), ("no-op rerun", "noop"),
                        ("one-row night", "one_row_night")):

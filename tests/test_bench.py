@@ -79,8 +79,8 @@ def test_cold_targets_pass_and_miss_with_margins():
     assert [(t["ok"], t["margin"]) for t in good] == [(True, "+4.0 s"), (True, "+1.0 s"), (True, "1.12x (need 1x)")]
     md = "\n".join(cold.markdown(_cold_section(6.0, 10.0, (20.0, 50.0), (20.0, 53.7)),
                                  {"spark-scoring nightly run": 230.0}))
-    assert "| spark-scoring | 20.0 | 50.0 | 200.0 | 1.12 | 10.0 | 230.0 |" in md
-    assert "| MLflow spark_udf | - | - | - | - | - | - | - | not run: no Delta jars |" in md
+    assert "| spark-scoring | 20.0 | 50.0 | 0.93 | 200.0 | 1.12 | 10.0 | 230.0 | 900.0 |" in md
+    assert "| MLflow spark_udf | - | - | - | - | - | - | - | - | no Delta jars |" in md
 
 
 def test_cold_peer_scripts_refuse_missing_arguments(capsys):
