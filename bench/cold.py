@@ -323,12 +323,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     p.add_argument("--engine", default="auto", choices=("auto", "delta-rs", "delta-spark"))
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--peers", nargs="*", default=list(PEER_NAMES), choices=list(PEER_NAMES),
+                   help="the alternatives to run (default all)")
     p.add_argument("--keep-tmp", action="store_true")
     args = p.parse_args(argv)
     from bench import common
 
     return common.standalone("bench-cold-", lambda work, model_dir: run(
-        work, model_dir, sizes=args.sizes, cores=args.cores, engine=args.engine, repeats=args.repeats),
+        work, model_dir, sizes=args.sizes, cores=args.cores, engine=args.engine, repeats=args.repeats,
+        peers=args.peers),
         targets, keep=args.keep_tmp)
 
 
