@@ -34,6 +34,19 @@ _ADVICE = {
         "table's column names"
     ),
 }
+#: Reader features whose tables plain Parquet reads get right (deletion vectors and column
+#: mapping have their own checks). Any other reader feature is refused: never wrong rows.
+_READABLE_FEATURES = frozenset(
+    {"deletionVectors", "columnMapping", "timestampNtz", "typeWidening", "typeWidening-preview",
+     "v2Checkpoint", "vacuumProtocolCheck", "variantType"}  # variantType: refused where a column uses it
+)
+#: Writer features whose duties this engine's commits meet (or that `_used_features`
+#: checks by use). Any other (rowTracking, clustering, domainMetadata, inCommitTimestamp,
+#: identityColumns, typeWidening, icebergCompat*, catalogManaged, ...) is refused.
+_WRITABLE_FEATURES = frozenset(
+    {"appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns",
+     "timestampNtz", "v2Checkpoint", "vacuumProtocolCheck", "variantType"}
+)
 
 
 def table_log(path: str, table: str | None = None) -> DeltaLog:
@@ -74,7 +87,8 @@ def _deletion_vectors_on(state: TableState) -> bool:
 def check_readable(state: TableState, table: str, files: Iterable[FileAction] = ()) -> None:
     """Refuse to read what plain Parquet reads would get wrong: a table with column mapping,
     or files that carry deletion vectors (files without one read correctly, DVs enabled or not)."""
-    found = []
+    found = sorted(state.protocol.reader_features - _READABLE_FEATURES)
+    found += [f for f in _used_features(state) if f == "variantType"]  # deltalake lists it on every table
     if state.metadata.column_mapping_mode not in ("none", ""):
         found.append("columnMapping")
     if _deletion_vectors_on(state):
@@ -85,19 +99,55 @@ def check_readable(state: TableState, table: str, files: Iterable[FileAction] = 
 
 
 def check_writable(state: TableState, table: str) -> None:
-    """Refuse to write tables with deletion vectors or column mapping enabled."""
+    """Refuse to write tables with deletion vectors or column mapping enabled, with a table
+    feature whose writer duties these commits do not meet (row ids, clustering, in-commit
+    timestamps, ...), or with constraints, invariants, generated or identity columns in use
+    (plain Parquet writes would not enforce or fill them)."""
     found = ["deletionVectors"] if _deletion_vectors_on(state) else []
     if state.metadata.column_mapping_mode not in ("none", ""):
         found.append("columnMapping")
-    _refuse(found, table)
+    found += sorted(state.protocol.features - _WRITABLE_FEATURES - {"deletionVectors", "columnMapping"})
+    found += _used_features(state)
+    _refuse(found, table, "write")
 
 
-def _refuse(found: Sequence[str], table: str) -> None:
+def _used_features(state: TableState) -> list[str]:
+    """Features the table uses, whatever its protocol lists: CHECK constraints, invariants,
+    generated and identity columns, variant columns (plain Parquet reads and writes would
+    not decode, enforce or fill them)."""
+    found = []
+    if any(k.startswith("delta.constraints.") for k in state.metadata.configuration):
+        found.append("checkConstraints")
+    keys: set[str] = set()
+    types: set[str] = set()
+    stack: list = list(state.metadata.schema.get("fields", []))
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict) and "name" in item:  # a field
+            keys.update(item.get("metadata") or {})
+            item = item.get("type")
+        if isinstance(item, str):
+            types.add(item)
+        elif isinstance(item, dict):
+            stack.extend(item.get("fields", []))
+            stack.extend(item[k] for k in ("elementType", "keyType", "valueType") if k in item)
+    for prefix, feature in (("delta.invariants", "invariants"), ("delta.generationExpression", "generatedColumns"),
+                            ("delta.identity.", "identityColumns")):
+        if any(k.startswith(prefix) for k in keys):
+            found.append(feature)
+    if "variant" in types:
+        found.append("variantType")
+    return found
+
+
+def _refuse(found: Sequence[str], table: str, action: str = "read") -> None:
     if not found:
         return
+    found = list(dict.fromkeys(found))
     raise UnsupportedTableFeatureError(
-        f"Delta table {table!r} uses {' and '.join(_ADVICE[f] for f in found)}; the delta-rs "
-        "engine refuses such tables rather than read wrong data. Run with engine 'delta-spark' "
+        f"Delta table {table!r} uses {' and '.join(_ADVICE.get(f, f'table feature {f!r}') for f in found)} "
+        f"(table features: {', '.join(found)}); the delta-rs engine refuses such tables rather than "
+        f"{action} wrong data. Run with engine 'delta-spark' "
         "(the JVM Delta connector), or rewrite the table without the feature (e.g. REORG TABLE "
         "... APPLY (PURGE) and ALTER TABLE ... SET TBLPROPERTIES ('delta.enableDeletionVectors' "
         "= 'false'))."
