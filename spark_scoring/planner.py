@@ -99,8 +99,12 @@ def plan_run(ctx: RunContext, *, full_refresh: bool) -> Plan:
     elif mixed and cfg.model.on_change == "rescore":
         return _full(ctx, last, "the output still holds rows of other models (an earlier new-rows-only period): "
                                 "rescoring every row (model.on_change=rescore)")
-    nightly = {"since_version": since, "app_id": app_id(cfg.name, ctx.identity, epoch), "epoch": epoch,
-               "mixed_models": mixed, **base}
+    app = app_id(cfg.name, ctx.identity, epoch)
+    # A repair night at the version already recorded (another writer changed the output,
+    # the source did not) commits without the watermark: Delta's txn rule would skip it.
+    recorded = _recorded(ctx, app)
+    nightly = {"since_version": since, "app_id": app, "epoch": epoch, "mixed_models": mixed,
+               "record_watermark": recorded is None or recorded < ctx.source_version, **base}
     repair = _output_changes(ctx, out_log, found[0], found[2])
     if cfg.model.on_change != "rescore" and repair.other_models != []:
         # Backfills with another model under new-rows-only: the output is mixed from now on.

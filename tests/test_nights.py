@@ -244,7 +244,7 @@ def test_the_last_nightly_run_is_found_behind_many_other_commits(spark, lake):
     lake.run(spark=spark)
     output = DeltaTable(str(lake.root / "output"))
     for i in range(210):  # more than the 200 commits history used to be read with
-        output.alter.set_table_properties({"delta.appendOnly": "false", "spark_scoring.test": str(i)})
+        output.alter.set_table_properties({"delta.logRetentionDuration": f"interval {30 + i} days"})
     result = lake.run(spark=spark)
     assert result.status == "nothing-to-do", result.plan
 
