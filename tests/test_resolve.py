@@ -172,7 +172,7 @@ def test_plain_directory_and_architecture_rules(tmp_path, minilm_dir):
     assert directory_kind(gpt) == "transformers"
     for task in ("embedding", "text-classification", "text-generation"):
         check_plain_directory(gpt, "transformers", task)  # the architectures are checked separately
-    with pytest.raises(ModelError, match=r"or use task 'embedding', 'text-classification' or 'text-generation'$"):
+    with pytest.raises(ModelError, match=r"or use task 'embedding', 'text-classification', 'text-generation', 'image-classification' or 'image-embedding'$"):
         check_plain_directory(gpt, "transformers", "pyfunc")
     check_architectures(gpt, "text-generation")
     with pytest.raises(ModelError, match=r"task 'embedding' needs an encoder or sentence-transformers model; .*gpt is a generative model \(architectures \['GPT2LMHeadModel'\]\)"):
