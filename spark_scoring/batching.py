@@ -9,9 +9,10 @@ How one chunk of rows (an Arrow batch) is scored:
    workers as their bytes) are decoded row by row; a value that is not valid UTF-8 fails
    its row only. Rows the model cannot take at all (null input, not a string, not valid
    UTF-8) get an error at once;
-2. the others are ordered by token length, longest first (the first batch is the largest
-   in padded tokens, so a CUDA OOM shows up early and the learned limit then holds for
-   the rest), and packed greedily: a batch closes at `max_rows` rows or when
+2. the others are prepared once (`prepare`: a text model tokenizes them all in one call
+   and says each row's token length), ordered by length, longest first (the first batch
+   is the largest in padded tokens, so a CUDA OOM shows up early and the learned limit
+   then holds for the rest), and packed greedily: a batch closes at `max_rows` rows or when
    rows x longest row would exceed `max_tokens`;
 3. each batch is predicted and its output validated (as many values as rows, the
    declared type); a CUDA OOM halves the batch and remembers the limit in `BackoffState`
@@ -23,16 +24,18 @@ How one chunk of rows (an Arrow batch) is scored:
 Predictions never depend on the packing: padded positions are masked by the models.
 
 Example:
-    >>> result = score_rows(df[["text"]], model, max_rows=64, max_tokens=16384)
-    >>> result.outputs["embedding"][0], result.errors[0]
+    >>> result = score_rows(df[["text"]], kinds=model.outputs, prepare=model.prepare,
+    ...                     invalid_rows=model.invalid_rows, max_rows=64, max_tokens=16384)
+    >>> result.outputs["embedding"][0], result.errors[0], result.stats.model_ns
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -44,12 +47,35 @@ log = logging.getLogger(__name__)
 #: A predict function: the packed rows (a DataFrame of the input columns) -> column -> values.
 PredictFn = Callable[[pd.DataFrame], Mapping[str, Any]]
 
+
+class PreparedRows(Protocol):
+    """What a `prepare` function returns for a chunk's usable rows (the models'
+    `LoadedModel.prepare` returns `models.tasks.base.Prepared`, which fits this).
+
+    Attributes:
+        lengths: each row's length (None: every row costs 1).
+        predict: row positions into the chunk's usable rows -> column -> one value per row.
+    """
+
+    @property
+    def lengths(self) -> np.ndarray | None: ...
+
+    @property
+    def predict(self) -> Callable[[np.ndarray], Mapping[str, Any]]: ...
+
+
 _MAX_ERROR_CHARS = 2000
 
 
 @dataclass
 class BatchStats:
-    """Counters for one or more `score_rows` calls (udf.collect_stats sums them over the tasks)."""
+    """Counters for one or more `score_rows` calls (udf.collect_stats sums them over the tasks).
+
+    Times are integer nanoseconds (`time.perf_counter_ns`), so sums over tasks are exact:
+    `prepare_ns` is spent decoding, checking and preparing (tokenizing) the rows,
+    `model_ns` inside the model's predict calls (retries after an OOM or a failing row
+    included). Summed over tasks that run side by side, they can exceed the wall time.
+    """
 
     rows: int = 0
     rows_failed: int = 0
@@ -57,6 +83,8 @@ class BatchStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     oom_backoffs: int = 0
+    prepare_ns: int = 0
+    model_ns: int = 0
 
     def add(self, other: BatchStats) -> None:
         for name in self.__dataclass_fields__:
@@ -66,6 +94,16 @@ class BatchStats:
     def padding_efficiency(self) -> float | None:
         """real / padded tokens of the batches that ran; None when no tokens were counted."""
         return self.real_tokens / self.padded_tokens if self.padded_tokens else None
+
+    @property
+    def prepare_seconds(self) -> float:
+        """`prepare_ns` in seconds."""
+        return self.prepare_ns / 1e9
+
+    @property
+    def model_seconds(self) -> float:
+        """`model_ns` in seconds."""
+        return self.model_ns / 1e9
 
 
 @dataclass
@@ -288,9 +326,10 @@ def _not_utf8(column: str, exc: UnicodeDecodeError) -> str:
 
 def score_rows(
     inputs: pd.DataFrame,
-    predict: PredictFn,
+    predict: PredictFn | None = None,
     *,
     kinds: Mapping[str, str],
+    prepare: Callable[[pd.DataFrame], PreparedRows] | None = None,
     lengths: np.ndarray | Callable[[pd.DataFrame], np.ndarray | None] | None = None,
     invalid_rows: Callable[[pd.DataFrame], Mapping[int, str]] | None = None,
     decode: Sequence[str] = (),
@@ -306,8 +345,11 @@ def score_rows(
 
     Args:
         inputs: the input columns, one row per row to score.
-        predict: packed rows -> column -> one value per row.
+        predict: packed rows -> column -> one value per row (when `prepare` is not given).
         kinds: output column -> kind checked by `validate_outputs`.
+        prepare: the usable rows -> `PreparedRows` (their lengths and a predict function
+            by row position), called once per call: what a model computes once for all
+            rows (tokens) is not computed again per batch. Replaces `predict` and `lengths`.
         lengths: token length per row, or a function of the usable rows giving it; None
             means every row costs 1 token (non-text models: only `max_rows` packs).
         invalid_rows: usable-row check: positional index -> error message.
@@ -330,6 +372,9 @@ def score_rows(
             whole job fails rather than publish misaligned predictions).
         ScoringError: raised by `predict` for a reason that is not row-specific.
     """
+    if (predict is None) == (prepare is None):
+        raise TypeError("score_rows takes exactly one of predict and prepare")
+    started = time.perf_counter_ns()
     n = len(inputs)
     state = state if state is not None else BackoffState()
     stats = BatchStats(rows=n)
@@ -346,15 +391,23 @@ def score_rows(
     )
     if len(usable) == 0:
         stats.rows_failed = sum(e is not None for e in errors)
+        stats.prepare_ns = time.perf_counter_ns() - started
         return ScoredRows(outputs, errors, stats)
     usable_inputs = inputs.iloc[usable] if bad else inputs
 
-    if callable(lengths):
-        lens = lengths(usable_inputs)
-    elif lengths is not None:
-        lens = np.asarray(lengths, dtype=np.int64)[usable]
+    if prepare is not None:
+        prepared = prepare(usable_inputs)
+        lens, predict_at = prepared.lengths, prepared.predict
     else:
-        lens = None
+        if callable(lengths):
+            lens = lengths(usable_inputs)
+        elif lengths is not None:
+            lens = np.asarray(lengths, dtype=np.int64)[usable]
+        else:
+            lens = None
+
+        def predict_at(idx: np.ndarray) -> Mapping[str, Any]:
+            return predict(usable_inputs.iloc[idx])
     counted = lens is not None and length_unit == "tokens"
     lens = (
         np.ones(len(usable), dtype=np.int64) if lens is None else np.asarray(lens, dtype=np.int64)
@@ -362,6 +415,8 @@ def score_rows(
     if len(lens) != len(usable):
         raise ModelOutputError(f"token lengths: expected {len(usable)} lengths, got {len(lens)}")
     cost = lens + int(row_overhead)
+
+    stats.prepare_ns = time.perf_counter_ns() - started
 
     def padded(idx: np.ndarray) -> int:
         return len(idx) * int(cost[idx].max())
@@ -373,8 +428,12 @@ def score_rows(
             for start in range(0, len(idx), per):
                 run(idx[start : start + per])
             return
+        begin = time.perf_counter_ns()
         try:
-            raw = predict(usable_inputs.iloc[idx])
+            try:
+                raw = predict_at(idx)
+            finally:
+                stats.model_ns += time.perf_counter_ns() - begin
             values = validate_outputs(raw, len(idx), kinds)
         except (ModelOutputError, ScoringError):
             raise

@@ -314,15 +314,21 @@ def score(df: DataFrame, spec: ModelSpec, *, stats: bool = False) -> DataFrame:
     # that is not valid UTF-8, so only the model inputs are decoded, row by row (a bad value
     # fails its row: batching.decode_utf8), and every other column returns untouched.
     as_bytes = [f.name for f in df.schema.fields if isinstance(f.dataType, StringType)]
-    shipped = df.select(*[_column(c).cast("binary").alias(c) if c in as_bytes else _column(c) for c in names])
+    # Positional names on the way through Python: PySpark's mapInPandas cannot take every
+    # legal column name (it fails on a backtick in a name); the task sees the real ones.
+    slots = [f"__spark_scoring_{i}" for i in range(len(names))]
+    shipped = df.select(*[(_column(c).cast("binary") if c in as_bytes else _column(c)).alias(slot)
+                          for c, slot in zip(names, slots, strict=True)])
     schema = StructType([*shipped.schema.fields, *added])
-    fn = _make_partition_scorer(spec, [f.name for f in added[:-2]], [c for c in spec.input_columns if c in as_bytes])
+    inputs = {slots[names.index(c)]: c for c in spec.input_columns}
+    fn = _make_partition_scorer(spec, [f.name for f in added[:-2]], inputs, [c for c in spec.input_columns if c in as_bytes])
     # mapInPandas rather than a pandas_udf / predict_batch_udf: the task returns several
     # columns plus `error`, the pass-through columns come back in the same rows (no join
     # on a key afterwards), and the whole Arrow batch is in hand to sort by length before
     # packing model batches.
     scored = shipped.mapInPandas(fn, schema)
-    scored = scored.select(*[_column(c).cast("string").alias(c) if c in as_bytes else _column(c) for c in scored.columns])
+    scored = scored.select(*[(F.col(slot).cast("string") if c in as_bytes else F.col(slot)).alias(c)
+                             for c, slot in zip(names, slots, strict=True)], *[_column(f.name) for f in added])
     return scored if stats else scored.drop(STATS_COLUMN)
 
 
@@ -377,18 +383,20 @@ class _Worker:
         self.empty_cache()
 
 
-def _make_partition_scorer(spec: ModelSpec, output_names: list[str], decode: list[str]):
+def _make_partition_scorer(spec: ModelSpec, output_names: list[str], inputs: dict[str, str], decode: list[str]):
     # The returned closure is pickled into the Spark job: it only references `spec`
     # (small) and functions of this importable module.
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        return _score_partition(batches, spec, output_names, decode)
+        return _score_partition(batches, spec, output_names, inputs, decode)
 
     return score_partition
 
 
 def _score_partition(
-    batches: Iterator[pd.DataFrame], spec: ModelSpec, output_names: list[str], decode: list[str]
+    batches: Iterator[pd.DataFrame], spec: ModelSpec, output_names: list[str], inputs: dict[str, str], decode: list[str]
 ) -> Iterator[pd.DataFrame]:
+    """Score each Arrow batch; `inputs` maps the batch's positional column names of the model
+    inputs to their real names, `decode` names the inputs that arrive as UTF-8 bytes."""
     worker: _Worker | None = None
     try:
         for pdf in batches:
@@ -402,10 +410,9 @@ def _score_partition(
                 _set_cpu_threads(worker.device)
             model = worker.model
             result = batching.score_rows(
-                pdf[list(spec.input_columns)],
-                model.predict,
+                pdf[list(inputs)].set_axis(list(inputs.values()), axis=1),
                 kinds=model.outputs,
-                lengths=model.lengths,
+                prepare=model.prepare,
                 invalid_rows=model.invalid_rows,
                 decode=decode,
                 max_rows=spec.batch.max_rows,

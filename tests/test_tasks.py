@@ -32,9 +32,8 @@ def _run(model, texts, max_rows, max_tokens, column="text"):
     frame = pd.DataFrame({column: list(texts)})
     return score_rows(
         frame,
-        model.predict,
         kinds=model.outputs,
-        lengths=model.lengths,
+        prepare=model.prepare,  # what the UDF calls: each chunk tokenized once
         invalid_rows=model.invalid_rows,
         max_rows=max_rows,
         max_tokens=max_tokens,

@@ -5,8 +5,10 @@ A task is two things:
 * a `Task` subclass (stateless, used on the driver): its options, its output columns,
   a cheap model check, and `load()`;
 * the `LoadedModel` that `load()` returns (lives on the executor, cached per Python
-  worker): it says which rows are usable, how long each row is in tokens, and predicts a
-  packed batch of rows, returning one value per row for every output column.
+  worker): it says which rows are usable, prepares a chunk of rows once (`prepare`: text
+  models tokenize the whole chunk in one call), says how long each row is in tokens, and
+  predicts a packed batch of those rows, returning one value per row for every output
+  column.
 
 Padding-aware packing, OOM back-off, error isolation and output validation are not the
 task's business: `spark_scoring.batching` does them for every task alike.
@@ -61,6 +63,22 @@ def probability(value: Any) -> str | None:
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A chunk of usable rows after the work done once per chunk (`LoadedModel.prepare`).
+
+    `batching.score_rows` packs the rows by `lengths` and calls `predict` once per model
+    batch with the batch's row positions (into the chunk).
+
+    Attributes:
+        lengths: each row's length in the model's `length_unit`, or None (every row costs 1).
+        predict: row positions (an int array) -> output column -> one value per row.
+    """
+
+    lengths: np.ndarray | None
+    predict: Callable[[np.ndarray], Mapping[str, Any]]
+
+
 class LoadedModel(ABC):
     """A model loaded on an executor, ready to predict packed batches.
 
@@ -101,6 +119,14 @@ class LoadedModel(ABC):
     def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
         """Predict a packed batch: output column -> one value per input row."""
 
+    def prepare(self, inputs: pd.DataFrame) -> Prepared:
+        """The usable rows of a chunk, ready to be predicted in batches by position.
+
+        The default measures `lengths` and predicts `inputs.iloc[positions]`; text models
+        tokenize the chunk once here instead of once for the lengths and again per batch.
+        """
+        return Prepared(self.lengths(inputs), lambda positions: self.predict(inputs.iloc[positions]))
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context in which `predict` runs (inference mode; autocast for bf16/fp16)."""
         return contextlib.nullcontext()
@@ -112,8 +138,10 @@ class LoadedModel(ABC):
 class TextModel(LoadedModel):
     """A model over one text column with a Hugging Face tokenizer.
 
-    Shares the input checks, the token lengths used for packing and the batch encoding.
-    Subclasses set `tokenizer`, `max_length` and `device` when they load.
+    Shares the input checks, the tokenizing (once per chunk: `prepare` tokenizes every row
+    in one call, padded to the chunk's longest row, and each model batch is a slice of
+    those tensors) and the batch encoding. Subclasses set `tokenizer`, `max_length` and
+    `device` when they load, and implement `forward` on the tokenized batch.
     """
 
     tokenizer: Any
@@ -127,14 +155,82 @@ class TextModel(LoadedModel):
         return text_lengths(self.tokenizer, inputs.iloc[:, 0].tolist(), self.max_length)
 
     def tokenize(self, inputs: pd.DataFrame) -> Any:
-        """The batch as padded, truncated tensors on the model's device."""
+        """The rows as padded, truncated tensors on the CPU (one tokenizer call)."""
         return self.tokenizer(
             inputs.iloc[:, 0].tolist(),
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.device)
+        )
+
+    @abstractmethod
+    def forward(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Predict a tokenized batch (`tokenize`'s tensors for some rows, on the model's
+        device): output column -> one value per row."""
+
+    def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
+        return self.forward(to_device(self.tokenize(inputs), self.device))
+
+    def prepare(self, inputs: pd.DataFrame) -> Prepared:
+        batches = TokenBatches(self.tokenize(inputs))
+        return Prepared(
+            batches.lengths, lambda positions: self.forward(to_device(batches.take(positions), self.device))
+        )
+
+
+class TokenBatches:
+    """A chunk tokenized once, padded to its longest row, cut into model batches by position.
+
+    A batch is the chunk's tensors at the batch's rows, cut to the columns where any of
+    those rows has a token (`attention_mask`): exactly what tokenizing those rows alone
+    would give, right- or left-padded, since padding only fills a row beyond its tokens.
+    Everything else in the features (a modality name, a prompt length) is passed as it is.
+
+    Attributes:
+        lengths: tokens per row (the attention mask's sum: truncated, special tokens in).
+    """
+
+    def __init__(self, features: Mapping[str, Any]):
+        mask = features["attention_mask"]
+        self.features = features
+        self.rows, self.width = int(mask.shape[0]), int(mask.shape[1])
+        self.mask = mask.bool()
+        self.lengths = self.mask.sum(dim=1).numpy().astype(np.int64)
+
+    def take(self, positions: np.ndarray) -> dict[str, Any]:
+        """The features of the rows at `positions`, cut to the columns they use."""
+        import torch
+
+        idx = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        used = self.mask.index_select(0, idx).any(dim=0).nonzero().flatten()
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+        batch: dict[str, Any] = {}
+        for name, value in self.features.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self.rows:
+                value = value.index_select(0, idx)
+                if value.dim() >= 2 and value.shape[1] == self.width:
+                    value = value[:, lo:hi]
+            batch[name] = value
+        return batch
+
+    @staticmethod
+    def fits(features: Any) -> bool:
+        """Whether `features` has the per-row, padded layout this class slices."""
+        import torch
+
+        mask = features.get("attention_mask") if isinstance(features, Mapping) else None
+        return isinstance(mask, torch.Tensor) and mask.dim() == 2
+
+
+def to_device(features: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """`features` with every tensor moved to `device` (other values as they are)."""
+    import torch
+
+    return {
+        name: value.to(device) if isinstance(value, torch.Tensor) else value
+        for name, value in features.items()
+    }
 
 
 class Task(ABC):
@@ -142,7 +238,6 @@ class Task(ABC):
 
     name: ClassVar[str]
     options: ClassVar[Mapping[str, OptionSpec]] = {}
-
     @classmethod
     def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
         """Unknown options and bad values, each starting with `model.options.<name>:`."""
@@ -214,9 +309,9 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
     """
     import torch
 
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
     if precision in ("auto", "fp32"):
         return contextlib.nullcontext()
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
     if precision == "fp16" and device_type == "cpu":
         raise ModelError(
             "model.precision: fp16 is not supported on CPU (device "

@@ -5,6 +5,7 @@
 "multi_label_classification" (classes are independent there). `ClassScores` and
 `classification_fields` say that once for `image-classification` too.
 
+
 Options:
     return_all_scores (bool, default false): also output `scores`, a map label -> score
         over every class.
@@ -18,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pyspark.sql.types import DoubleType, MapType, StringType, StructField
 
 from spark_scoring.models.tasks.base import (
@@ -117,19 +117,19 @@ class _ClassifierModel(TextModel):
         autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
         self.device, self.precision = device, precision
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = (
+        model = (
             AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
             .to(device)
             .eval()
         )
-        self.max_length = model_max_length(self.tokenizer, self.model.config)
-        self.head = ClassScores(self.model.config, all_scores)
+        self.max_length = model_max_length(self.tokenizer, model.config)
+        self.head = ClassScores(model.config, all_scores)
         self.outputs = self.head.outputs
+        self.model = model
 
-    def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
+    def forward(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
         import torch
 
-        enc = self.tokenize(inputs)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            logits = self.model(**enc).logits
+            logits = self.model(**features).logits
         return self.head(logits)

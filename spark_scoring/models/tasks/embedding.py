@@ -1,9 +1,12 @@
 """Task `embedding`: one float vector per text.
 
 A sentence-transformers model directory (it has `modules.json`) is loaded with
-`SentenceTransformer` and scored with `encode`, so its own pooling, Normalize and prompt
-modules apply exactly as they do for its authors. Any other Hugging Face encoder is
-mean-pooled over the attention mask (`AutoModel` + `AutoTokenizer`), not normalised.
+`SentenceTransformer` and scored as `encode` scores it: its own `preprocess` (default
+prompt included) and its own modules (pooling, Normalize, Dense, ...), so the embeddings
+are the ones its authors get (within 1e-4 of `encode`). Each chunk is preprocessed once and
+every model batch is a slice of those tensors (`base.TokenBatches`). Any other Hugging Face
+encoder is mean-pooled over the attention mask (`AutoModel` + `AutoTokenizer`), not
+normalised.
 
 Output column: `embedding` array<float>.
 """
@@ -14,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyspark.sql.types import ArrayType, FloatType, StructField
 
@@ -49,6 +51,10 @@ class EmbeddingTask(Task):
 
 
 class _SentenceTransformerModel(TextModel):
+    """The model's own modules (modules.json: Transformer, Pooling, Normalize, ...) on
+    features its own `preprocess` made once per chunk: what `encode` computes, tokenizing
+    once instead of once for the packing lengths and again inside `encode`."""
+
     outputs = {"embedding": "vector"}
 
     def __init__(self, model_dir: str, device: str, precision: str):
@@ -56,23 +62,29 @@ class _SentenceTransformerModel(TextModel):
 
         autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
         self.device, self.precision = device, precision
-        self.model = SentenceTransformer(model_dir, device=device, local_files_only=True)
-        self.model.eval()
-        self.tokenizer = self.model.tokenizer
-        first = self.model[0]
-        self.max_length = self.model.max_seq_length or model_max_length(
-            self.model.tokenizer, getattr(getattr(first, "auto_model", None), "config", None)
+        model = SentenceTransformer(model_dir, device=device, local_files_only=True).eval()
+        self.model = model
+        self.tokenizer = model.tokenizer
+        first = model[0]
+        self.max_length = model.max_seq_length or model_max_length(
+            model.tokenizer, getattr(getattr(first, "auto_model", None), "config", None)
         )
+        # What `encode` uses without arguments: the default prompt and the truncation.
+        name = model.default_prompt_name
+        self.prompt = model.prompts.get(name) if name else None
+        self.truncate_dim = model.truncate_dim
 
-    def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
+    def tokenize(self, inputs: pd.DataFrame) -> Any:
+        return self.model.preprocess(inputs.iloc[:, 0].tolist(), prompt=self.prompt)
+
+    def forward(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
         import torch
 
-        texts = inputs.iloc[:, 0].tolist()
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            emb = self.model.encode(
-                texts, batch_size=len(texts), show_progress_bar=False, convert_to_numpy=True
-            )
-        return {"embedding": np.asarray(emb, dtype=np.float32)}
+            emb = self.model(dict(features))["sentence_embedding"]
+        if self.truncate_dim is not None:
+            emb = emb[..., : self.truncate_dim]
+        return {"embedding": emb.float().cpu().numpy()}
 
 
 class _MeanPoolingModel(TextModel):
@@ -84,16 +96,16 @@ class _MeanPoolingModel(TextModel):
         autocast_context(device, precision)  # refuses fp16 on CPU before loading anything
         self.device, self.precision = device, precision
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(device).eval()
-        self.max_length = model_max_length(self.tokenizer, self.model.config)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+        self.max_length = model_max_length(self.tokenizer, model.config)
+        self.model = model
 
-    def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
+    def forward(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
         import torch
 
-        enc = self.tokenize(inputs)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            hidden = self.model(**enc).last_hidden_state
-            emb = mean_pool(hidden, enc["attention_mask"])
+            hidden = self.model(**features).last_hidden_state
+            emb = mean_pool(hidden, features["attention_mask"])
         return {"embedding": emb.float().cpu().numpy()}
 
 

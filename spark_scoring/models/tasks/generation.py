@@ -130,16 +130,17 @@ class _GeneratorModel(TextModel):
         ids = self.encode(inputs.iloc[:, 0].tolist())
         return np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
 
-    def predict(self, inputs: pd.DataFrame) -> Mapping[str, Any]:
+    def tokenize(self, inputs: pd.DataFrame) -> Any:
+        """The prompts, left-padded into tensors on the CPU (an empty one given BOS)."""
+        ids = self.encode(inputs.iloc[:, 0].tolist())
+        return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+    def forward(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
         import torch
 
-        ids = self.encode(inputs.iloc[:, 0].tolist())
-        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(
-            self.device
-        )
         if self.kwargs["do_sample"]:
             torch.manual_seed(self.seed)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            out = self.model.generate(**enc, **self.kwargs)
-        new = out[:, enc["input_ids"].shape[1] :]
+            out = self.model.generate(**features, **self.kwargs)
+        new = out[:, features["input_ids"].shape[1] :]
         return {"generated_text": self.tokenizer.batch_decode(new, skip_special_tokens=True)}
