@@ -90,7 +90,11 @@ class _ColumnStats:
             self.min_max_ok = False  # NaN has no place in min/max; leave them out
             return
         extremes = pc.min_max(array)
-        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        try:
+            low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        except UnicodeDecodeError:  # a string column holding bytes that are not UTF-8
+            self.min_max_ok = False  # no bounds: readers then treat the file as holding any value
+            return
         self.min = low if self.min is None else min(self.min, low)
         self.max = high if self.max is None else max(self.max, high)
 
