@@ -12,8 +12,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, DataType, MapType, StringType, StructType
 
-from spark_scoring.config import JobConfig
-from spark_scoring.contract import INPUT_HASH
+from spark_scoring.config import JobConfig, task_output_columns
+from spark_scoring.contract import FIXED_COLUMNS, INPUT_HASH
 from spark_scoring.errors import SchemaDriftError
 from spark_scoring.models.tasks import task_spec
 
@@ -69,22 +69,42 @@ def check_source_schema(cfg: JobConfig, schema: StructType, partition_cols: Sequ
         )
 
 
-def check_output_schema(cfg: JobConfig, source_schema: StructType, output_schema: StructType) -> None:
-    """Fail when the output no longer holds the source's passthrough columns as they are."""
+def check_output_schema(
+    cfg: JobConfig, source_schema: StructType, output_schema: StructType, task_outputs: Sequence[str] | None = None
+) -> None:
+    """Fail when the output's columns no longer follow the job config and the source: a
+    passthrough column added to (or dropped from) the config since the output was written,
+    or one whose type changed in the source.
+
+    Args:
+        task_outputs: the task's output columns; None: from the task registry (a pyfunc
+            model's come from its signature: without them, extra columns are not checked).
+    """
     src = {f.name: f.dataType for f in source_schema.fields}
     out = {f.name: f.dataType for f in output_schema.fields}
     problems = []
     for col in passthrough_columns(cfg):
         if col not in out:
-            problems.append(f"column {col!r} is missing from the output table")
+            problems.append(f"column {col!r} is missing from the output table (added to the job config since the "
+                            "output was written?)")
         elif src.get(col) is not None and out[col] != src[col]:
             problems.append(f"column {col!r} is {src[col].simpleString()} in the source but {out[col].simpleString()} in the output")
+    outputs = task_outputs if task_outputs is not None else task_output_columns(cfg.model.task, cfg.model.options)
+    if outputs is not None:
+        expected = {*passthrough_columns(cfg), *outputs, *FIXED_COLUMNS}
+        for col in out:
+            if col not in expected:
+                problems.append(f"column {col!r} is in the output table but not in the job config (source.key, "
+                                "source.partition_by, source.passthrough) nor an output of task "
+                                f"{cfg.model.task!r} (dropped from source.passthrough since the output was written?)")
     if INPUT_HASH not in out:
         problems.append(f"column {INPUT_HASH!r} is missing: the output table was not written by spark-scoring")
     if problems:
         raise SchemaDriftError(
-            f"output table {cfg.output.table!r} no longer matches the source:\n  - " + "\n  - ".join(problems)
-            + "\nNothing was published. Run with --full-refresh to rebuild the output from the current source."
+            f"output table {cfg.output.table!r} no longer matches the job config and the source:\n  - "
+            + "\n  - ".join(problems)
+            + "\nNothing was published. Run with --full-refresh to rebuild the output with the columns the job "
+            "config names now (or restore the config the output was written with)."
         )
 
 

@@ -473,7 +473,7 @@ def _check_semantics(cfg: JobConfig, problems: list[str]) -> None:
     if len(set(src.partition_by)) != len(src.partition_by):
         problems.append(f"source.partition_by: duplicate columns in {list(src.partition_by)}")
     problems.extend(task_option_problems(model.task, dict(model.options)))
-    problems.extend(output_name_problems(cfg, _task_outputs(model.task, dict(model.options))))
+    problems.extend(output_name_problems(cfg, task_output_columns(model.task, dict(model.options))))
 
 
 #: (config key, what writing there would do to the other table), for each pair of tables
@@ -524,7 +524,7 @@ def _table_problems(cfg: JobConfig) -> list[str]:
     return problems
 
 
-def _task_outputs(task: str, options: Mapping[str, Any]) -> list[str] | None:
+def task_output_columns(task: str, options: Mapping[str, Any]) -> list[str] | None:
     """The output columns of `task` with these options, from the task registry; None when
     they come from the model itself (a python_function model's signature), known only once
     the model resolves."""
