@@ -188,6 +188,8 @@ def render_result(r: dict[str, Any]) -> str:
         ("rows/s (score)", f"{r.get('rows_per_second', 0):,.1f}"),
         ("seconds", "  ".join(f"{k} {v:.1f}" for k, v in secs.items())),
     ]
+    if r.get("worker_seconds"):
+        rows.append(("worker seconds", "  ".join(f"{k} {v:.1f}" for k, v in r["worker_seconds"].items())))
     if r.get("padding_efficiency") is not None:
         rows.append(("padding efficiency", f"{r['padding_efficiency']:.1%}"))
     if r.get("run_id"):

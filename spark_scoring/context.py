@@ -1,8 +1,10 @@
 """The run context: what every phase of a run needs, made once at its start.
 
-`open_run` starts (or joins) the Spark session, opens the lakehouse, pins the source
-version, checks the source schema against the config, looks at the output table, and
-resolves the model once (an alias stays pinned for the whole run). The `RunContext` it
+`open_run` resolves the model once (an alias stays pinned for the whole run), pins the
+source version, checks the source schema against the config and looks at the output table,
+all from the Delta logs; it joins or starts a Spark session only where planning needs one
+(`with_session` starts it later, once there is work: a night with nothing to do never
+starts a JVM). The `RunContext` it
 returns is frozen: run, backfill and status all read the same values, and nothing later
 in the run can see another source version or another model.
 """
@@ -10,10 +12,11 @@ in the run can see another source version or another model.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyspark.sql import SparkSession
 
@@ -21,8 +24,10 @@ from spark_scoring import checks
 from spark_scoring import incremental as inc
 from spark_scoring.config import JobConfig
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
+from spark_scoring.lakehouse.logonly import LogOnlyLakehouse
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
 from spark_scoring.session import get_spark
+from spark_scoring.tableref import is_catalog_name
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,8 @@ class RunContext:
 
     Attributes:
         cfg: the job config.
-        spark: the session every Spark job of the run uses.
+        spark: the session every Spark job of the run uses (None while the run plans from
+            the logs alone: see `with_session`).
         lake: the lakehouse backend.
         source_version: the pinned source version.
         source_table_id: the source's Delta table id.
@@ -67,7 +73,7 @@ class RunContext:
     """
 
     cfg: JobConfig
-    spark: SparkSession
+    spark: SparkSession | None
     lake: Lakehouse
     source_version: int
     source_table_id: str
@@ -82,15 +88,27 @@ class RunContext:
 def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases | None = None) -> RunContext:
     """Build the `RunContext` for one run of `cfg` (see the module docstring).
 
+    When no session is given and none is running, the run plans from the Delta logs alone,
+    without starting Spark (`RunContext.spark` is None then; `with_session` starts it once
+    there is work).
+
     Raises:
         SchemaDriftError: the source does not have the columns and types the config names.
         UsageError: the session cannot be made for the configured lakehouse engine.
         ModelError / TrackingError: the model cannot be resolved.
     """
     phases = phases or Phases()
+    with phases.phase("model"):
+        model = resolve_model(
+            cfg.model.uri, task=cfg.model.task, tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.registry_uri
+        )
+    if spark is None and can_plan_without_spark(cfg):
+        lake: Lakehouse = LogOnlyLakehouse()
+    else:
+        with phases.phase("session"):
+            spark = spark or get_spark(cfg.spark, app_name=cfg.name, engine=cfg.lakehouse.engine)
+            lake = open_lakehouse(spark, cfg.lakehouse.engine)
     with phases.phase("plan"):
-        spark = spark or get_spark(cfg.spark, app_name=cfg.name, engine=cfg.lakehouse.engine)
-        lake = open_lakehouse(spark, cfg.lakehouse.engine)
         source_version = lake.latest_version(cfg.source.table)  # pinned for the whole run
         source_table_id = lake.table_id(cfg.source.table)
         source_timestamp = lake.log(cfg.source.table).commit(source_version).timestamp
@@ -104,11 +122,6 @@ def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases |
         cfg.source.table, source_version, cfg.output.table,
         f"at version {output_version}" if output_exists else "(new)", lake.engine,
     )
-    with phases.phase("load"):
-        model = resolve_model(
-            cfg.model.uri, task=cfg.model.task, tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.registry_uri
-        )
-    identity = inc.model_identity(model.model_hash, cfg.model)
     return RunContext(
         cfg=cfg,
         spark=spark,
@@ -119,6 +132,27 @@ def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases |
         output_exists=output_exists,
         output_version=output_version,
         model=model,
-        identity=identity,
+        identity=inc.model_identity(model.model_hash, cfg.model),
         phases=phases,
     )
+
+
+def with_session(ctx: RunContext) -> RunContext:
+    """`ctx` with a Spark session and the configured lakehouse backend (started if needed)."""
+    if ctx.spark is not None:
+        return ctx
+    with ctx.phases.phase("session"):
+        spark = get_spark(ctx.cfg.spark, app_name=ctx.cfg.name, engine=ctx.cfg.lakehouse.engine)
+        lake = open_lakehouse(spark, ctx.cfg.lakehouse.engine)
+    return replace(ctx, spark=spark, lake=lake)
+
+
+def can_plan_without_spark(cfg: JobConfig) -> bool:
+    """True when planning needs no session: none runs or is configured (spark-submit, Spark
+    Connect, a notebook), and every table is a path (catalog names need a session to resolve)."""
+    if os.environ.get("PYSPARK_GATEWAY_PORT") or os.environ.get("SPARK_REMOTE") or getattr(cfg.spark, "remote", None):
+        return False
+    if SparkSession.getActiveSession() is not None:
+        return False
+    tables = [cfg.source.table, cfg.output.table, cfg.errors.quarantine_table]
+    return not any(t is not None and is_catalog_name(t) for t in tables)

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from spark_scoring import budget, checks, planner, plots, report, rows, udf
 from spark_scoring import incremental as inc
 from spark_scoring.config import JobConfig
-from spark_scoring.context import RunContext, open_run
+from spark_scoring.context import RunContext, open_run, with_session
 from spark_scoring.contract import (
     MODE_BACKFILL,
     MODE_FULL_REFRESH,
@@ -57,7 +57,7 @@ from spark_scoring.lakehouse import WriteResult
 from spark_scoring.progress import Progress
 from spark_scoring.report import RunResult
 from spark_scoring.session import default_parallelism
-from spark_scoring.tracking import RunTracker
+from spark_scoring.tracking import RunTracker, close_stale_run
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def run(
         UsageError/ConfigError for bad input (exit code 2).
     """
     ctx = open_run(cfg, spark)
+    _close_stale_run(ctx)
     with ctx.phases.phase("plan"):
         plan = planner.plan_run(ctx, full_refresh=full_refresh)
     log.info("plan: %s", plan.reason)
@@ -224,20 +225,30 @@ def _partitions_between(ctx: RunContext, low: str, high: str) -> list[dict[str, 
 # --------------------------------------------------------------------------------------
 
 
+def _close_stale_run(ctx: RunContext) -> None:
+    """End the MLflow run of the output's last commit if a killed process left it RUNNING."""
+    if not ctx.output_exists or ctx.output_version is None:
+        return
+    record = CommitRecord.from_metadata(ctx.lake.history(ctx.cfg.output.table, limit=1)[0].metadata)
+    with ctx.phases.phase("mlflow"):
+        close_stale_run(ctx.cfg, record, output_version=ctx.output_version)
+
+
 def _execute(ctx: RunContext, plan: Plan, *, dry_run: bool) -> RunResult:
     result = RunResult.planned(ctx, plan)
-    if plan.kind == "nothing" and not dry_run:
+    if plan.kind == "nothing":
+        result.status = "dry-run" if dry_run else result.status
         result.seconds = ctx.phases.total()
-        return result
-    with ctx.phases.phase("plan"):
-        work = rows.gather(ctx, plan) if plan.kind != "nothing" else None
+        return result  # decided from the logs: no session was needed
+    ctx = with_session(ctx)
+    with ctx.phases.phase("read"):
+        work = rows.gather(ctx, plan)
         if dry_run:
-            if work is not None:
-                result.rows_scored = work.to_score.count()
-                result.rows_carried = _carried(work)
-                result.rows_read = result.rows_scored + result.rows_carried
+            result.rows_scored = work.to_score.count()
+            result.rows_carried = _carried(work)
+            result.rows_read = result.rows_scored + result.rows_carried
             result.status = "dry-run"
-    if dry_run or work is None:
+    if dry_run:
         result.seconds = ctx.phases.total()
         return result
 
@@ -331,6 +342,8 @@ def _score(ctx: RunContext, scored: DataFrame, result: RunResult) -> None:
     result.padding_efficiency = stats.padding_efficiency
     result.batches = stats.batches
     result.model_loads = stats.model_loads
+    # Summed over the scoring tasks (side by side, so they can exceed the phase's wall time).
+    result.worker_seconds = {"prepare": round(stats.prepare_seconds, 3), "model": round(stats.model_seconds, 3)}
     result.top_errors = budget.top_errors(scored, ctx.cfg.source.key) if result.rows_failed else []
 
 
@@ -362,14 +375,17 @@ def _after_commit(ctx: RunContext, tracker: RunTracker, scored: DataFrame, resul
     """Record what was published. The data is out: a failure here is a warning, never "run failed"."""
     version = result.output_version
     try:
-        tracker.set_output_version(version)
+        with ctx.phases.phase("mlflow"):
+            tracker.set_output_version(version)
         if result.rows_failed and ctx.cfg.errors.quarantine_table:
-            budget.quarantine(ctx, scored)
-        found = plots.distribution_values(scored)
-        if found is not None and found[0].size:
-            values, kind = found
-            tracker.log_distribution(values, kind=kind,
-                                     title=f"{ctx.cfg.name}: {kind} of {values.size:,} rows, output v{version}")
+            with ctx.phases.phase("quarantine"):
+                budget.quarantine(ctx, scored)
+        with ctx.phases.phase("plot"):
+            found = plots.distribution_values(scored)
+            if found is not None and found[0].size:
+                values, kind = found
+                tracker.log_distribution(values, kind=kind,
+                                         title=f"{ctx.cfg.name}: {kind} of {values.size:,} rows, output v{version}")
     except Exception:  # noqa: BLE001 - see above
         log.warning("output version %s is published, but recording it afterwards failed", version, exc_info=True)
 

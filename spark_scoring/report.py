@@ -43,6 +43,9 @@ class RunResult:
     batches: int = 0
     model_loads: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    #: seconds the scoring tasks spent preparing (decoding, tokenizing) rows and in the
+    #: model's predict calls, summed over the tasks
+    worker_seconds: dict[str, float] = field(default_factory=dict)
     top_errors: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -140,6 +143,8 @@ def metrics(result: RunResult) -> dict[str, float]:
     }
     for phase, s in result.seconds.items():
         m[f"seconds_{phase}"] = s
+    for part, s in result.worker_seconds.items():
+        m[f"worker_seconds_{part}"] = s
     if result.padding_efficiency is not None:
         m["padding_efficiency"] = result.padding_efficiency
     return m

@@ -87,3 +87,31 @@ def test_parse_partition():
     assert parse_partition("city=Paris, France,day=2024-05-01") == {"city": "Paris, France", "day": "2024-05-01"}
     with pytest.raises(UsageError, match="given twice"):
         parse_partition("day=a,day=b")
+
+
+def test_a_run_reports_its_phases_and_a_cold_noop_run_starts_no_spark(spark, tmp_path, minilm_dir, capsys):
+    """Issue 16: the report breaks a run down; a night with nothing to do is decided from
+    the Delta logs in a fresh process, without a JVM."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_source(tmp_path / "source", source_rows(range(1, 9), "2026-01-01"))
+    path = config_file(tmp_path, job_config(tmp_path, minilm_dir))
+    assert main(["run", path, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "published" and first["rows_scored"] == 8
+    assert {"model", "plan", "read", "load", "score", "commit", "mlflow", "plot", "total"} <= set(first["seconds"])
+    assert first["worker_seconds"]["model"] > 0 and first["worker_seconds"]["prepare"] > 0
+    assert sum(v for k, v in first["seconds"].items() if k != "total") <= first["seconds"]["total"] + 0.01
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_REMOTE")}
+    cli = Path(sys.executable).with_name("spark-scoring")
+    done = subprocess.run([str(cli), "run", path, "--json", "-v"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    noop = json.loads(done.stdout)
+    assert noop["status"] == "nothing-to-do" and noop["output_version"] == 0
+    assert "session" not in noop["seconds"] and "read" not in noop["seconds"], noop["seconds"]
+    assert "SparkSession" not in done.stderr and "Spark Connect session" not in done.stderr
