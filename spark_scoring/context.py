@@ -26,7 +26,7 @@ from spark_scoring.config import JobConfig
 from spark_scoring.lakehouse import Lakehouse, open_lakehouse
 from spark_scoring.lakehouse.logonly import LogOnlyLakehouse
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
-from spark_scoring.session import get_spark
+from spark_scoring.session import get_spark, require_delta_jars
 from spark_scoring.tableref import is_catalog_name
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,14 @@ def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases |
         ModelError / TrackingError: the model cannot be resolved.
     """
     phases = phases or Phases()
+    plan_from_logs = spark is None and can_plan_without_spark(cfg)
+    if plan_from_logs and cfg.lakehouse.engine == "delta-spark":
+        require_delta_jars(cfg.spark)  # before the model downloads: the session would fail later
     with phases.phase("model"):
         model = resolve_model(
             cfg.model.uri, task=cfg.model.task, tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.registry_uri
         )
-    if spark is None and can_plan_without_spark(cfg):
+    if plan_from_logs:
         lake: Lakehouse = LogOnlyLakehouse()
     else:
         with phases.phase("session"):
@@ -154,5 +157,8 @@ def can_plan_without_spark(cfg: JobConfig) -> bool:
         return False
     if SparkSession.getActiveSession() is not None:
         return False
-    tables = [cfg.source.table, cfg.output.table, cfg.errors.quarantine_table]
-    return not any(t is not None and is_catalog_name(t) for t in tables)
+    tables = [t for t in (cfg.source.table, cfg.output.table, cfg.errors.quarantine_table) if t is not None]
+    # Local paths only: object stores and dbfs:/ may need credentials that live in the
+    # Spark config (spark.hadoop.*), and catalog names need a session to resolve.
+    return not any(is_catalog_name(t) or ("://" in t and not t.startswith("file:")) or t.startswith("dbfs:")
+                   for t in tables)

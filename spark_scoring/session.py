@@ -94,7 +94,7 @@ def get_spark(
         return _connect(remote, config, app_name, engine=engine)
 
     submitted = _submitted_conf()
-    builder = SparkSession.builder.appName(config.app_name or submitted.get("spark.app.name", app_name))
+    builder = SparkSession.builder.appName(submitted.get("spark.app.name", config.app_name or app_name))
     if not submitted.contains("spark.master"):
         builder = builder.master(config.master or DEFAULT_MASTER)
     for key, value in {**DEFAULT_CONF, **config.conf}.items():
@@ -133,6 +133,24 @@ def _submitted_conf() -> SparkConf:
     return SparkConf()
 
 
+def require_delta_jars(config: SparkConfig) -> None:
+    """Fail fast, before any JVM starts, when a session started here for engine
+    'delta-spark' would have no Delta connector (neither installed nor configured)."""
+    conf = config.conf
+    if "io.delta" in conf.get("spark.jars.packages", "") or "delta-spark" in conf.get("spark.jars", ""):
+        return
+    if find_delta_jars() is None:
+        raise _no_delta_jars()
+
+
+def _no_delta_jars() -> UsageError:
+    return UsageError(
+        "lakehouse.engine is 'delta-spark', but the Delta Lake JVM connector is neither on "
+        f"the Spark classpath nor installed: {missing_jars_message()}; or use "
+        "lakehouse.engine 'delta-rs' (table paths only)"
+    )
+
+
 def _with_delta(
     builder: SparkSession.Builder, submitted: SparkConf, conf: Mapping[str, str], *, required: bool
 ) -> SparkSession.Builder:
@@ -148,11 +166,7 @@ def _with_delta(
         jars = find_delta_jars()
         if jars is None:
             if required:
-                raise UsageError(
-                    "lakehouse.engine is 'delta-spark', but the Delta Lake JVM connector is neither on "
-                    f"the Spark classpath nor installed: {missing_jars_message()}; or use "
-                    "lakehouse.engine 'delta-rs' (table paths only)"
-                )
+                raise _no_delta_jars()
             log.info("Delta Lake connector: jars not installed; the delta-rs engine serves table paths")
             return builder
         if SparkContext._jvm is not None:  # type: ignore[attr-defined]  # spark-submit's JVM is up
