@@ -120,6 +120,7 @@ def quarantine(ctx: RunContext, scored: DataFrame) -> bool:
         failed, table, mode="append",
         expected_version=latest,
         app_id=quarantine_app_id(ctx), txn_version=ctx.source_version,
+        protected=[cfg.source.table, cfg.output.table],
         metadata=CommitRecord(job=cfg.name, mode=MODE_QUARANTINE, source_version=ctx.source_version,
                               source_table_id=ctx.source_table_id, model_identity=ctx.identity).to_metadata(),
     )

@@ -173,7 +173,7 @@ def status(cfg: JobConfig, *, spark: SparkSession | None = None) -> dict[str, An
         "app_id": app,
         "watermark": watermark,
         "pending_source_versions": None if watermark is None else max(0, ctx.source_version - watermark),
-        "lakehouse_engine": lake.engine,
+        "lakehouse_engine": lake.engine if ctx.spark is not None else ctx.cfg.lakehouse.engine,
         "last_runs": runs[:10],
     }
 
@@ -368,6 +368,8 @@ def _commit(
         metadata=record.to_metadata(),
         key=cfg.source.key if plan.kind == "upsert" else None,
         deletes=deletes if plan.kind == "upsert" else None,
+        # The last line of defence behind config's overlap check (catalog names included).
+        protected=[t for t in (cfg.source.table, cfg.errors.quarantine_table) if t],
     )
 
 

@@ -74,6 +74,9 @@ def _everything(ctx: RunContext, plan: Plan) -> Work:
 
 def _append(ctx: RunContext, plan: Plan) -> Work:
     cfg = ctx.cfg
+    checks.check_output_schema(
+        cfg, ctx.lake.schema(cfg.source.table, ctx.source_version), ctx.lake.schema(cfg.output.table, ctx.output_version)
+    )
     source = _source(ctx, files=[f.key for f in plan.added_files])
     checks.check_unique_keys(cfg, source)
     key_type = _key_type(ctx)
