@@ -558,6 +558,13 @@ def output_name_problems(cfg: JobConfig, task_outputs: Sequence[str] | None) -> 
             *(("source.passthrough", c) for c in cfg.source.passthrough), *(("model.input", c) for c in cfg.model.input)]
     problems = []
     for where, col in used:
+        if "." in col or "`" in col:
+            problems.append(
+                f"{where}: column {col!r} has a '.' or a backtick in its name, which spark-scoring does not "
+                "support yet (Spark reads a dot as a struct field). Rename the column in the source, or "
+                "score a view that aliases it (e.g. SELECT `user.id` AS user_id ...)"
+            )
+            continue
         clash = written.get(col.lower())
         if clash is not None:
             problems.append(
