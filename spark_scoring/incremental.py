@@ -46,7 +46,7 @@ Partition = Mapping[str, "str | None"]
 
 def model_identity(model_hash: str, model: ModelConfig) -> str:
     """Everything that changes predictions: the resolved model, the task, the input columns,
-    the task options (max length, pooling, ...) and the precision.
+    the task options (e.g. return_all_scores, max_new_tokens) and the precision.
 
     Batch settings and the device are left out on purpose: predictions do not depend on
     packing, and moving a job between CPU and GPU must not rescore the table.

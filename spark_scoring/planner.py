@@ -259,7 +259,7 @@ def _output_changes(ctx: RunContext, out_log: DeltaLog, since_out: int, commits:
         if changed:
             raise SchemaDriftError(
                 f"output table {ctx.cfg.output.table!r}: version {commit.version} ({commit.operation or 'a commit'} "
-                "by another writer) changed the table's schema or properties. Nothing was published. Run with "
+                "by another writer) changed the table's schema or partitioning. Nothing was published. Run with "
                 "--full-refresh to rebuild the output from the current source."
             )
         if commit.operation.upper() in DATA_NEUTRAL_OPERATIONS or not commit.data_change:

@@ -245,7 +245,7 @@ def test_invalid_rows_get_errors_without_reaching_the_model():
 
 
 def test_inputs_shipped_as_bytes_are_decoded_and_invalid_utf8_fails_its_row_only():
-    raw = ["ok".encode(), b"bad \xc3\x28 bytes", None, "Zoë 😀".encode(), b"\xff"]
+    raw = [b"ok", b"bad \xc3\x28 bytes", None, "Zoë 😀".encode(), b"\xff"]
     rec = Recorder()
 
     def invalid(rows):
