@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-cluster test-gpu test-connect test-all bench lint clean
+.PHONY: install demo test test-slow test-cluster test-gpu test-connect test-jvm test-all bench lint clean
 
 install: $(STAMP) $(JARS_STAMP)
 
@@ -53,9 +53,17 @@ test-gpu: install
 test-connect: install
 	$(BIN)/python tests/run_pytest.py -m connect
 
+# The end-to-end suites again, their jobs on the JVM engine (lakehouse.engine delta-spark;
+# `make test` runs them on delta-rs, plus every JVM-only and cross-engine test), crash
+# tests included. Needs the Delta jars (`make install`).
+JVM_SUITES := tests/test_pipeline.py tests/test_pipeline_sequences.py tests/test_nights.py tests/test_reliability.py tests/test_crash.py
+test-jvm: install
+	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m 'not cluster and not gpu and not bench and not connect' $(JVM_SUITES)
+
 test-all: install
 	$(BIN)/python tests/run_pytest.py -m 'not connect'
 	$(BIN)/python tests/run_pytest.py -m connect
+	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m 'not cluster and not gpu and not bench and not connect' $(JVM_SUITES)
 
 bench: install
 	$(BIN)/python -m bench.run
