@@ -48,10 +48,38 @@ def default_tracking_uri() -> str:
 
 
 def make_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
-    """An `MlflowClient` bound to these URIs (the registry defaults to the tracking URI)."""
+    """An `MlflowClient` bound to these URIs (the registry defaults to the tracking URI).
+
+    A SQLite store is opened (created and migrated, the first time) under an exclusive file
+    lock: two jobs starting at the same moment on a new store would otherwise both run
+    MLflow's schema migrations and one would fail ("duplicate column name").
+    """
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    registry_uri = registry_uri or tracking_uri
+    dbs = sorted({Path(u[len("sqlite:///"):]) for u in (tracking_uri, registry_uri) if u.startswith("sqlite:///")})
+    with contextlib.ExitStack() as locks:
+        for db in dbs:  # sorted: two processes take the locks in the same order
+            locks.enter_context(_file_lock(db.with_suffix(".lock")))
+        # The client opens its tracking store here; the registry store opens on first use.
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        if registry_uri.startswith("sqlite:///"):
+            client.search_registered_models(max_results=1)
+    return client
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), held for the block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

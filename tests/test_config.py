@@ -268,5 +268,8 @@ def test_a_source_column_named_like_a_task_output_is_a_config_error():
         config_from_dict(model_input)
 
 
-def test_unusual_legal_column_names_are_accepted():
-    assert _columns(key="user.id", partition_by=["event date"], passthrough=["lang-code", "ünïcode", "a`b"]) == []
+def test_unusual_legal_column_names_are_accepted_and_dots_or_backticks_refused_with_advice():
+    assert _columns(key="user id", partition_by=["event date"], passthrough=["lang-code", "ünïcode", "@b"]) == []
+    problems = _columns(key="user.id", passthrough=["a`b"])
+    assert [p.split(":")[0] for p in problems] == ["source.key", "source.passthrough"]
+    assert all("has a '.' or a backtick in its name" in p and "alias" in p for p in problems)
