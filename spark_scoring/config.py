@@ -136,10 +136,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where scored rows go. The output is always partitioned like the source, so that a
-    changed source partition maps to exactly one output partition to replace."""
+    """Where scored rows go. The output is always partitioned like the source.
+
+    `max_rows_per_file` bounds the rows of each file a run writes (files hold narrow key
+    ranges): a later night rewrites whole files, so smaller files make nights that change a
+    few rows cheaper. 25,000 MiniLM embeddings are about 40 MB of Parquet.
+    """
 
     table: str = field(metadata={"check": _not_blank})
+    max_rows_per_file: int = field(default=25_000, metadata=_at_least(1))
 
 
 @dataclass(frozen=True)

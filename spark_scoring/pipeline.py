@@ -311,6 +311,8 @@ def _score_and_commit(ctx: RunContext, plan: Plan, work: rows.Work, tracker: Run
                     budget.quarantine(ctx, scored)
                 raise ErrorBudgetExceeded(refused)
             final = _output_frame(ctx, scored, kept, spec)
+            written_rows = result.rows_scored + (kept.count() if kept is not None else 0)  # kept is persisted
+            final = _bounded_files(ctx, final, rows=written_rows, partitions=parallelism)
             written = _commit(ctx, plan, final, work.deletes, report.commit_record(ctx, plan, tracker.run_id, result))
         if written.version is None:  # the lakehouse found this exact commit already made
             result.status = "nothing-to-do"
@@ -345,6 +347,18 @@ def _score(ctx: RunContext, scored: DataFrame, result: RunResult) -> None:
     # Summed over the scoring tasks (side by side, so they can exceed the phase's wall time).
     result.worker_seconds = {"prepare": round(stats.prepare_seconds, 3), "model": round(stats.model_seconds, 3)}
     result.top_errors = budget.top_errors(scored, ctx.cfg.source.key) if result.rows_failed else []
+
+
+def _bounded_files(ctx: RunContext, rows_out: DataFrame, *, rows: int, partitions: int) -> DataFrame:
+    """`rows_out` spread over enough key ranges that no written file holds much more than
+    `output.max_rows_per_file` rows (each write task writes one file per output partition).
+
+    Only when the scoring partitions are too few for that: a small night is not reshuffled.
+    """
+    wanted = -(-rows // ctx.cfg.output.max_rows_per_file)
+    if wanted <= partitions:
+        return rows_out
+    return rows_out.repartitionByRange(wanted, *[inc.col(c) for c in (*ctx.cfg.source.partition_by, ctx.cfg.source.key)])
 
 
 def _commit(

@@ -12,6 +12,7 @@ import threading
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -266,3 +267,23 @@ def test_a_history_gap_is_crossed_by_comparing_every_key_never_silently(spark, l
     out = read_output(lake / "output")
     assert 7 not in out["id"].tolist() and len(out) == 42
     assert_same_rows(out, full_refresh_of(lake, spark, minilm_dir))
+
+
+def test_files_stay_under_max_rows_per_file_and_a_one_row_update_rewrites_one_file(spark, tmp_path, minilm_dir):
+    """output.max_rows_per_file bounds each written file (narrow key ranges), so a night that
+    updates one row rewrites one small file, not the output."""
+    write_source(tmp_path / "source", source_rows(range(1, 61), "2026-01-01"))
+    cfg = job_config(tmp_path, minilm_dir, output__max_rows_per_file=10, run__num_partitions=2)
+    assert pipeline.run(cfg, spark=spark).status == "published"
+    output = DeltaTable(str(tmp_path / "output"))
+    sizes = pa.table(output.get_add_actions(flatten=True)).column("num_records").to_pylist()
+    assert sum(sizes) == 60 and len(sizes) >= 5 and max(sizes) <= 20, sizes
+
+    DeltaTable(str(tmp_path / "source")).update({"text": "'a rewritten review'"}, predicate="id = 33")
+    night = pipeline.run(cfg, spark=spark)
+    assert night.status == "published" and night.rows_scored == 1
+    commit = (tmp_path / "output" / "_delta_log" / f"{DeltaTable(str(tmp_path / 'output')).version():020d}.json")
+    actions = [json.loads(line) for line in commit.read_text().splitlines()]
+    removed = [a["remove"] for a in actions if "remove" in a]
+    assert len(removed) == 1, removed  # the one file holding key 33
+    assert_same_rows(read_output(tmp_path / "output"), full_refresh_of(tmp_path, spark, minilm_dir))
