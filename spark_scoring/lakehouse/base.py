@@ -380,16 +380,24 @@ class Lakehouse(ABC):
         """Refuse a write to `table` when its location overlaps a protected table's."""
         if not protected:
             return
-        target = self.location(table)
+
+        def where(t: str) -> str | None:
+            # A catalog name not created yet has no location to compare (its first write
+            # puts it under the catalog's own warehouse); a path always has one.
+            return None if is_catalog_name(t) and not self.exists(t) else self.location(t)
+
+        target = where(table)
+        if target is None:
+            return
         for other in protected:
-            where = self.location(other)
-            how = tableref.overlap(target, where)
+            location = where(other)
+            how = None if location is None else tableref.overlap(target, location)
             if how is None:
                 continue
             relation = {"same": "is the same table as", "inside": "lies inside", "contains": "contains"}[how]
             raise ProtectedTableError(
                 f"refusing to write {table!r} (at {target}): it {relation} the protected table {other!r} "
-                f"(at {where}), so the write would overwrite it or lose its files and log to a VACUUM. "
+                f"(at {location}), so the write would overwrite it or lose its files and log to a VACUUM. "
                 "Nothing was written. Point the write at a location outside every protected table (for a "
                 "job: output.table and errors.quarantine_table must not overlap source.table or each other)."
             )
