@@ -114,45 +114,55 @@ def latest_version(root: Path) -> int:
     return max(int(p.name.split(".")[0]) for p in (root / "_delta_log").glob("*.json"))
 
 
+def _file_id(action: dict[str, Any]) -> tuple[str, str]:
+    """A file's identity in the log: its path and its deletion vector (a DV update removes
+    (path, old DV) and adds (path, new DV), in either order within one commit)."""
+    dv = action.get("deletionVector") or {}
+    return action["path"], f"{dv.get('storageType', '')}{dv.get('pathOrInlineDv', '')}@{dv.get('offset', '')}"
+
+
+def _replay(files: dict[tuple[str, str], int], action: dict[str, Any]) -> None:
+    if "add" in action:
+        files[_file_id(action["add"])] = int(action["add"]["size"])
+    elif "remove" in action:
+        files.pop(_file_id(action["remove"]), None)
+
+
 def active_files(root: Path, version: int) -> dict[str, int]:
     """Active file path -> size at `version` (replaying the JSON commits from 0)."""
-    files: dict[str, int] = {}
+    files: dict[tuple[str, str], int] = {}
     for v in range(version + 1):
         for action in _commit(root, v):
-            if "add" in action:
-                files[action["add"]["path"]] = int(action["add"]["size"])
-            elif "remove" in action:
-                files.pop(action["remove"]["path"], None)
-    return files
+            _replay(files, action)
+    return {path: size for (path, _), size in files.items()}
 
 
 def log_delta(root: Path, since: int, until: int) -> LogDelta:
     """Files and bytes the commits (`since`, `until`] of the table at `root` added and removed."""
-    before = active_files(root, since)
-    after = dict(before)
+    state: dict[tuple[str, str], int] = {}
+    for v in range(since + 1):
+        for action in _commit(root, v):
+            _replay(state, action)
+    before = {path: size for (path, _), size in state.items()}
+    ids_before = set(state)
     out = LogDelta(bytes_before=sum(before.values()), files_before=len(before))
-    dv_paths: set[str] = set()
     for v in range(since + 1, until + 1):
         out.commits += 1
         for action in _commit(root, v):
-            if "add" in action:
-                add = action["add"]
-                after[add["path"]] = int(add["size"])
-                if add.get("deletionVector"):
-                    dv_paths.add(add["path"])
-            elif "remove" in action:
-                after.pop(action["remove"]["path"], None)
-            elif "commitInfo" in action:
+            _replay(state, action)
+            if "commitInfo" in action:
                 info = action["commitInfo"]
                 out.operations.append(str(info.get("operation", "?")))
                 plan = info.get("spark_scoring.plan") or _user_metadata(info).get("spark_scoring.plan")
                 if plan:
                     out.plans.append(str(plan))
+    after = {path: size for (path, _), size in state.items()}
     gone, new = before.keys() - after.keys(), after.keys() - before.keys()
     out.files_removed, out.files_added = len(gone), len(new)
     out.bytes_removed = sum(before[p] for p in gone)
     out.bytes_added = sum(after[p] for p in new)
-    out.dv_updates = len(dv_paths & before.keys())
+    # Kept paths whose (path, DV) identity changed: rows deleted by deletion vector.
+    out.dv_updates = len({p for p, _ in set(state) - ids_before} & before.keys() & after.keys())
     return out
 
 
