@@ -244,9 +244,9 @@ def test_a_run_killed_after_its_commit_is_closed_afterwards_and_not_redone(spark
     client = MlflowClient(cfg.mlflow.tracking_uri)
     assert client.get_run(record.run_id).info.status == "RUNNING"  # left behind by the kill
 
-    assert main(["run", path, "--json"]) == 0  # the next run does not redo the work
+    assert main(["run", path, "--json"]) == 0  # the next run does not redo the work, and closes the run
     assert '"status": "nothing-to-do"' in capsys.readouterr().out
-    assert close_stale_run(cfg, record, output_version=0) == record.run_id
+    assert close_stale_run(cfg, record, output_version=0) is None  # nothing left to close
     run = client.get_run(record.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["spark_scoring.output_version"] == "0"
     assert run.data.tags[CLOSED_AFTERWARDS_TAG].startswith("ended by a later run of job 'test_job'")
