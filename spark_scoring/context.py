@@ -110,7 +110,7 @@ def open_run(cfg: JobConfig, spark: SparkSession | None = None, phases: Phases |
     else:
         with phases.phase("session"):
             spark = spark or get_spark(cfg.spark, app_name=cfg.name, engine=cfg.lakehouse.engine)
-            lake = open_lakehouse(spark, cfg.lakehouse.engine)
+            lake = open_lakehouse(spark, cfg.lakehouse.engine, _tables(cfg))
     with phases.phase("plan"):
         source_version = lake.latest_version(cfg.source.table)  # pinned for the whole run
         source_table_id = lake.table_id(cfg.source.table)
@@ -146,8 +146,12 @@ def with_session(ctx: RunContext) -> RunContext:
         return ctx
     with ctx.phases.phase("session"):
         spark = get_spark(ctx.cfg.spark, app_name=ctx.cfg.name, engine=ctx.cfg.lakehouse.engine)
-        lake = open_lakehouse(spark, ctx.cfg.lakehouse.engine)
+        lake = open_lakehouse(spark, ctx.cfg.lakehouse.engine, _tables(ctx.cfg))
     return replace(ctx, spark=spark, lake=lake)
+
+
+def _tables(cfg: JobConfig) -> list[str]:
+    return [t for t in (cfg.source.table, cfg.output.table, cfg.errors.quarantine_table) if t is not None]
 
 
 def can_plan_without_spark(cfg: JobConfig) -> bool:
@@ -157,7 +161,7 @@ def can_plan_without_spark(cfg: JobConfig) -> bool:
         return False
     if SparkSession.getActiveSession() is not None:
         return False
-    tables = [t for t in (cfg.source.table, cfg.output.table, cfg.errors.quarantine_table) if t is not None]
+    tables = _tables(cfg)
     # Local paths only: object stores and dbfs:/ may need credentials that live in the
     # Spark config (spark.hadoop.*), and catalog names need a session to resolve.
     return not any(is_catalog_name(t) or ("://" in t and not t.startswith("file:")) or t.startswith("dbfs:")

@@ -34,12 +34,15 @@ needs_jars = pytest.mark.skipif(jarmod.find_delta_jars() is None, reason="Delta 
 
 
 @needs_jars
-def test_auto_picks_the_jvm_connector_when_its_classes_load_and_logs_it(spark, caplog):
+def test_auto_picks_delta_rs_on_a_local_master_and_the_jvm_for_catalog_names_and_logs_it(spark, caplog):
     caplog.set_level(logging.INFO, logger="spark_scoring.lakehouse")
-    assert delta_jars_available(spark)
-    lake = open_lakehouse(spark)
+    assert delta_jars_available(spark) and spark.sparkContext.master.startswith("local")
+    lake = open_lakehouse(spark, tables=["/lake/reviews", "/lake/reviews_scored"])
+    assert lake.engine == "delta-rs" and isinstance(lake, DeltaRsLakehouse)
+    assert any("auto -> delta-rs (local master: the embedded default" in r.getMessage() for r in caplog.records)
+    lake = open_lakehouse(spark, tables=["default.reviews", "/lake/reviews_scored"])
     assert lake.engine == "delta-spark" and isinstance(lake, DeltaSparkLakehouse)
-    assert any("auto -> delta-spark" in r.getMessage() for r in caplog.records)
+    assert any("auto -> delta-spark (JVM Delta classes found; catalog names" in r.getMessage() for r in caplog.records)
     assert isinstance(open_lakehouse(spark, "delta-rs"), DeltaRsLakehouse)
     with pytest.raises(LakehouseError, match="unknown"):
         open_lakehouse(spark, "iceberg")
@@ -163,7 +166,7 @@ def test_a_session_we_start_gets_the_connector_and_deletion_vectors_work(tmp_pat
         from spark_scoring.session import get_spark
         from spark_scoring.lakehouse import open_lakehouse
         spark = get_spark()
-        lake = open_lakehouse(spark)
+        lake = open_lakehouse(spark, "delta-spark")  # auto would pick delta-rs on this local master
         assert lake.engine == "delta-spark", lake.engine
         path = {str(tmp_path / 't')!r}
         spark.range(10).write.format("delta").option("delta.enableDeletionVectors", "true").save(path)

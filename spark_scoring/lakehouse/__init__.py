@@ -6,7 +6,7 @@
   table paths only.
 
 Example:
-    >>> lake = open_lakehouse(spark)            # "auto": JVM connector when its jars load
+    >>> lake = open_lakehouse(spark)            # "auto": see `open_lakehouse`
     >>> v = lake.latest_version("/data/events")
     >>> df = lake.read("/data/events", v, partitions=[{"day": "2024-05-01"}])
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Literal
 
 from pyspark.sql import SparkSession
@@ -86,13 +87,32 @@ def _server_has_delta(spark: SparkSession) -> bool:
     return True
 
 
-def open_lakehouse(spark: SparkSession, engine: Engine | str = "auto") -> Lakehouse:
+def _auto_engine(spark: SparkSession, tables: Sequence[str]) -> tuple[str, str]:
+    from spark_scoring.tableref import is_catalog_name
+
+    if not delta_jars_available(spark):
+        return "delta-rs", "no Delta jars on the classpath"
+    if any(is_catalog_name(t) for t in tables):
+        return "delta-spark", "JVM Delta classes found; catalog names need them"
+    if not is_connect(spark) and spark.sparkContext.master.startswith("local"):
+        return "delta-rs", ("local master: the embedded default (set lakehouse.engine: delta-spark for tables with "
+                            "table features only the JVM connector handles)")
+    return "delta-spark", "JVM Delta classes found"
+
+
+def open_lakehouse(spark: SparkSession, engine: Engine | str = "auto", tables: Sequence[str] = ()) -> Lakehouse:
     """The lakehouse backend for `spark`.
+
+    "auto" chooses delta-rs on a classic session with a local master (the embedded default:
+    a small night costs a few seconds there, against about 30 on the JVM connector, measured
+    by `bench.engines`) unless a table is a catalog name; elsewhere (a cluster, spark-submit
+    to a master, Databricks, Spark Connect) the JVM connector when its classes load, else
+    delta-rs.
 
     Args:
         spark: the session every read and write runs in.
-        engine: "auto" (the JVM Delta connector when its classes load, else delta-rs),
-            "delta-spark" or "delta-rs".
+        engine: "auto", "delta-spark" or "delta-rs".
+        tables: the tables the caller will use ("auto" needs the JVM for catalog names).
 
     Raises:
         LakehouseError: unknown engine, or "delta-spark" without the Delta jars.
@@ -100,12 +120,8 @@ def open_lakehouse(spark: SparkSession, engine: Engine | str = "auto") -> Lakeho
     if engine not in _ENGINES:
         raise LakehouseError(f"lakehouse engine {engine!r} is unknown; use one of {list(_ENGINES)}")
     if engine == "auto":
-        chosen = "delta-spark" if delta_jars_available(spark) else "delta-rs"
-        log.info(
-            "lakehouse engine auto -> %s (%s)",
-            chosen,
-            "JVM Delta classes found" if chosen == "delta-spark" else "no Delta jars on the classpath",
-        )
+        chosen, why = _auto_engine(spark, tables)
+        log.info("lakehouse engine auto -> %s (%s)", chosen, why)
     else:
         chosen = engine
         if chosen == "delta-spark" and not delta_jars_available(spark):
