@@ -27,7 +27,7 @@ from spark_scoring.lakehouse import Lakehouse, open_lakehouse
 from spark_scoring.lakehouse.logonly import LogOnlyLakehouse
 from spark_scoring.models.resolve import ResolvedModel, resolve_model
 from spark_scoring.session import get_spark, require_delta_jars
-from spark_scoring.tableref import is_catalog_name
+from spark_scoring.tableref import is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -164,5 +164,4 @@ def can_plan_without_spark(cfg: JobConfig) -> bool:
     tables = _tables(cfg)
     # Local paths only: object stores and dbfs:/ may need credentials that live in the
     # Spark config (spark.hadoop.*), and catalog names need a session to resolve.
-    return not any(is_catalog_name(t) or ("://" in t and not t.startswith("file:")) or t.startswith("dbfs:")
-                   for t in tables)
+    return all(is_local_path(t) for t in tables)

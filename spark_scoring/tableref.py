@@ -118,3 +118,12 @@ def _path_overlap(location: str, other: str) -> Overlap | None:
     if b.startswith(a if a.endswith("/") else a + "/"):
         return "contains"
     return None
+
+
+def is_local_path(table: str) -> bool:
+    """True for a table on this machine's file system (a plain path or `file:`): not a
+    catalog name, an object store, HDFS or `dbfs:/` (those may need the session's
+    credentials or catalog to reach)."""
+    if is_catalog_name(table) or table.startswith("dbfs:"):
+        return False
+    return "://" not in table or table.startswith("file:")

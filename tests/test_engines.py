@@ -40,6 +40,7 @@ def test_auto_picks_delta_rs_on_a_local_master_and_the_jvm_for_catalog_names_and
     lake = open_lakehouse(spark, tables=["/lake/reviews", "/lake/reviews_scored"])
     assert lake.engine == "delta-rs" and isinstance(lake, DeltaRsLakehouse)
     assert any("auto -> delta-rs (local master: the embedded default" in r.getMessage() for r in caplog.records)
+    assert open_lakehouse(spark, tables=["s3a://bucket/reviews", "/lake/reviews_scored"]).engine == "delta-spark"
     lake = open_lakehouse(spark, tables=["default.reviews", "/lake/reviews_scored"])
     assert lake.engine == "delta-spark" and isinstance(lake, DeltaSparkLakehouse)
     assert any("auto -> delta-spark (JVM Delta classes found; catalog names" in r.getMessage() for r in caplog.records)

@@ -88,13 +88,14 @@ def _server_has_delta(spark: SparkSession) -> bool:
 
 
 def _auto_engine(spark: SparkSession, tables: Sequence[str]) -> tuple[str, str]:
-    from spark_scoring.tableref import is_catalog_name
+    from spark_scoring.tableref import is_catalog_name, is_local_path
 
     if not delta_jars_available(spark):
         return "delta-rs", "no Delta jars on the classpath"
     if any(is_catalog_name(t) for t in tables):
         return "delta-spark", "JVM Delta classes found; catalog names need them"
-    if not is_connect(spark) and spark.sparkContext.master.startswith("local"):
+    local = not is_connect(spark) and spark.sparkContext.master.startswith("local")
+    if local and all(is_local_path(t) for t in tables):
         return "delta-rs", ("local master: the embedded default (set lakehouse.engine: delta-spark for tables with "
                             "table features only the JVM connector handles)")
     return "delta-spark", "JVM Delta classes found"
@@ -103,9 +104,9 @@ def _auto_engine(spark: SparkSession, tables: Sequence[str]) -> tuple[str, str]:
 def open_lakehouse(spark: SparkSession, engine: Engine | str = "auto", tables: Sequence[str] = ()) -> Lakehouse:
     """The lakehouse backend for `spark`.
 
-    "auto" chooses delta-rs on a classic session with a local master (the embedded default:
-    a small night costs a few seconds there, against about 30 on the JVM connector, measured
-    by `bench.engines`) unless a table is a catalog name; elsewhere (a cluster, spark-submit
+    "auto" chooses delta-rs on a classic session with a local master when every table is a
+    local path (the embedded default: a small night costs a few seconds there, against about
+    30 on the JVM connector, measured by `bench.engines`); elsewhere (a cluster, spark-submit
     to a master, Databricks, Spark Connect) the JVM connector when its classes load, else
     delta-rs.
 
