@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-cluster test-gpu test-connect test-jvm test-all bench lint clean
+.PHONY: install demo test test-slow test-cluster test-gpu test-connect test-jvm test-jvm-all test-all bench lint clean
 
 install: $(STAMP) $(JARS_STAMP)
 
@@ -54,16 +54,22 @@ test-connect: install
 	$(BIN)/python tests/run_pytest.py -m connect
 
 # The end-to-end suites again, their jobs on the JVM engine (lakehouse.engine delta-spark;
-# `make test` runs them on delta-rs, plus every JVM-only and cross-engine test), crash
-# tests included. Needs the Delta jars (`make install`).
-JVM_SUITES := tests/test_pipeline.py tests/test_pipeline_sequences.py tests/test_nights.py tests/test_reliability.py tests/test_crash.py
+# `make test` runs them on delta-rs, plus every JVM-only and cross-engine test). Needs the
+# Delta jars (`make install`). CI runs test-jvm (the pipeline and sequence suites, ~15 min on
+# 2 cores); test-jvm-all adds the nights, reliability and crash suites (about 45 min more).
+JVM_SUITES := tests/test_pipeline.py tests/test_pipeline_sequences.py
+JVM_SUITES_ALL := $(JVM_SUITES) tests/test_nights.py tests/test_reliability.py tests/test_crash.py
+JVM_MARKS := 'not cluster and not gpu and not bench and not connect'
 test-jvm: install
-	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m 'not cluster and not gpu and not bench and not connect' $(JVM_SUITES)
+	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m $(JVM_MARKS) $(JVM_SUITES)
+
+test-jvm-all: install
+	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m $(JVM_MARKS) $(JVM_SUITES_ALL)
 
 test-all: install
 	$(BIN)/python tests/run_pytest.py -m 'not connect'
 	$(BIN)/python tests/run_pytest.py -m connect
-	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m 'not cluster and not gpu and not bench and not connect' $(JVM_SUITES)
+	SPARK_SCORING_TEST_ENGINE=delta-spark $(BIN)/python tests/run_pytest.py -m $(JVM_MARKS) $(JVM_SUITES_ALL)
 
 bench: install
 	$(BIN)/python -m bench.run
